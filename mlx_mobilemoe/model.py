@@ -225,8 +225,17 @@ class MobileMoEModel(nn.Module):
         self.layers = [DecoderLayer(args, i) for i in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
+    def embed(self, inputs, dtype):
+        e = self.embed_tokens
+        if isinstance(e, nn.QuantizedEmbedding):
+            # Dequantize the gathered rows with scales in `dtype`: an fp16 product q * s
+            # would round (|q| * s needs up to 14 significant bits).
+            return mx.dequantize(e.weight[inputs], e.scales[inputs].astype(dtype),
+                                 e.biases[inputs].astype(dtype), **Q)
+        return e(inputs)
+
     def __call__(self, inputs, cache=None, input_embeddings=None, dtype=mx.float32):
-        h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
+        h = input_embeddings if input_embeddings is not None else self.embed(inputs, dtype)
         h = h.astype(dtype)
         if cache is None:
             cache = [None] * len(self.layers)

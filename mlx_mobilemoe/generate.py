@@ -1,0 +1,183 @@
+"""Chat with a MobileMoE model: `python -m mlx_mobilemoe.generate [--model PATH|HF_ID]`.
+
+One-shot with --prompt, otherwise an interactive REPL (/reset, /quit). Generation, sampling
+and the KV cache are mlx-lm's; the REPL keeps the cache across turns and feeds only the
+tokens that are new since the last turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import mlx.core as mx  # noqa: E402
+
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+class ContextError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mlx_mobilemoe.generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="checkpoint folder or Hugging Face id "
+                   "(default: the bundled model)")
+    p.add_argument("--prompt", help="one-shot prompt; without it, an interactive chat")
+    p.add_argument("--system", help="system message (chat template models)")
+    p.add_argument("--raw", action="store_true",
+                   help="use the prompt as plain text even if the tokenizer has a chat template")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temp", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--experts-per-token", type=int, default=None,
+                   help="override top-k routing at inference (adaptive compute)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="activation dtype")
+    return p
+
+
+def prompt_tokens(tokenizer, messages, raw: bool) -> list:
+    """The chat template when the tokenizer has one (and not --raw), else the plain text."""
+    if raw or not getattr(tokenizer, "chat_template", None):
+        text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+        return tokenizer.encode(text)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+
+
+def check_context(n_prompt: int, max_tokens: int, context: int) -> int:
+    """Tokens we may generate; a prompt that does not fit is an error, not a truncation."""
+    if n_prompt >= context:
+        raise ContextError(f"prompt is {n_prompt} tokens but the model's context is {context} "
+                           "tokens; shorten it (or /reset the chat)")
+    return min(max_tokens, context - n_prompt)
+
+
+class Session:
+    """A conversation whose KV cache persists across turns."""
+
+    def __init__(self, model, tokenizer, args):
+        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.sample_utils import make_sampler
+
+        self.model, self.tokenizer, self.args = model, tokenizer, args
+        self.sampler = make_sampler(temp=args.temp, top_p=args.top_p, top_k=args.top_k)
+        self._make_cache = lambda: make_prompt_cache(model)
+        self.reset()
+
+    def reset(self):
+        self.messages = [{"role": "system", "content": self.args.system}] \
+            if self.args.system else []
+        self.cache = self._make_cache()
+        self.cached_tokens = []  # exactly the tokens whose keys/values are in the cache
+
+    def reply(self, user_text: str, out=sys.stdout):
+        from mlx_lm import stream_generate
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        self.messages.append({"role": "user", "content": user_text})
+        tokens = prompt_tokens(self.tokenizer, self.messages, self.args.raw)
+        try:
+            max_tokens = check_context(len(tokens), self.args.max_tokens,
+                                       self.model.args.max_position_embeddings)
+        except ContextError:
+            self.messages.pop()
+            raise
+        # Reuse the cached prefix; recompute from the first token that differs.
+        common = 0
+        for a, b in zip(self.cached_tokens, tokens):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # always feed at least one token
+        trim_prompt_cache(self.cache, len(self.cached_tokens) - common)
+        new = tokens[common:]
+        text, generated, last = "", [], None
+        for r in stream_generate(self.model, self.tokenizer, new, max_tokens=max_tokens,
+                                 sampler=self.sampler, prompt_cache=self.cache):
+            out.write(r.text)
+            out.flush()
+            text += r.text
+            generated.append(r.token)
+            last = r
+        out.write("\n")
+        processed = tokens + generated
+        self.cached_tokens = processed[: self.cache[0].offset]
+        trim_prompt_cache(self.cache, self.cache[0].offset - len(self.cached_tokens))
+        self.messages.append({"role": "assistant", "content": text})
+        if last is not None:
+            last.prompt_tokens = len(tokens)  # the whole prompt, cached part included
+        return last
+
+
+def stats_line(r) -> str:
+    return (f"[prompt: {r.prompt_tokens} tokens, {r.prompt_tps:.1f} tok/s | "
+            f"generation: {r.generation_tokens} tokens, {r.generation_tps:.1f} tok/s | "
+            f"peak memory: {r.peak_memory:.3f} GB]")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError, load
+
+    try:
+        model, tokenizer = load(args.model, dtype=DTYPES[args.dtype])
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.experts_per_token is not None:
+        try:
+            model.set_experts_per_token(args.experts_per_token)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    if args.seed is not None:
+        mx.random.seed(args.seed)
+    session = Session(model, tokenizer, args)
+
+    if args.prompt is not None:
+        try:
+            r = session.reply(args.prompt)
+        except ContextError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if r is not None:
+            print(stats_line(r), file=sys.stderr)
+        return 0
+
+    print("MobileMoE chat. /reset clears the conversation, /quit exits.", file=sys.stderr)
+    while True:
+        try:
+            line = input(">> ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return 0
+        cmd = line.strip()
+        if cmd in ("/quit", "/exit", "/q"):
+            return 0
+        if cmd == "/reset":
+            session.reset()
+            print("[conversation cleared]", file=sys.stderr)
+            continue
+        if not cmd:
+            continue
+        try:
+            r = session.reply(line)
+        except ContextError as e:
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        except KeyboardInterrupt:
+            print("\n[interrupted]", file=sys.stderr)
+            continue
+        if r is not None:
+            print(stats_line(r), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
