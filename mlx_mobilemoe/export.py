@@ -1,0 +1,72 @@
+"""Export to the official QAT layout (int4 g32, fp16 scales, float32 router).
+
+    python -m mlx_mobilemoe.export SRC OUT [--method rtn|mse]
+
+SRC is a float MobileMoE checkpoint (folder or Hugging Face id): post-training quantization
+by round-to-nearest (`rtn`, absmax / 7) or per-group MSE scale search (`mse`). Or SRC is a
+QAT state folder (written by the qat training stage, holds qat.json): its fake-quant
+integers and scales are written exactly, and --method does not apply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import checkpoint, qat
+from .model import Model
+
+
+def export(model: Model, tokenizer, path, method: str = "rtn") -> Path:
+    """Write `model` as an official int4 folder. A QAT model exports its own integers; a
+    float model is quantized by `method` (a copy: the float model is left as it was)."""
+    if model.args.is_quantized:
+        int4 = model
+    elif qat.is_qat(model):
+        int4 = qat.to_int4(model)
+    else:
+        int4 = qat.ptq(qat.to_float(model), method)
+    return checkpoint.save(int4, tokenizer, path, quantized=True)
+
+
+def is_qat_state(folder: Path) -> bool:
+    return (Path(folder) / qat.QAT_STATE).exists()
+
+
+def export_folder(src, out, method: str = "rtn") -> Path:
+    folder = checkpoint.resolve(src)
+    if is_qat_state(folder):
+        model = qat.load_qat(folder)
+    else:
+        model = checkpoint.load_model(folder)
+        if model.args.is_quantized:
+            raise checkpoint.CheckpointError(
+                f"{src} is already an int4 checkpoint; export needs float or QAT weights")
+    tok = checkpoint.load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
+    return export(model, tok, out, method)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mlx_mobilemoe.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="float checkpoint folder / HF id, or a QAT state folder")
+    p.add_argument("out", help="output folder (official QAT layout)")
+    p.add_argument("--method", choices=["rtn", "mse"], default="rtn",
+                   help="PTQ scales for a float source (default rtn)")
+    a = p.parse_args(argv)
+    try:
+        folder = checkpoint.resolve(a.src)
+        path = export_folder(folder, a.out, a.method)
+    except checkpoint.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    cfg = json.loads((path / "config.json").read_text())
+    print(json.dumps({"out": str(path), "format": cfg["quantization"]["format"],
+                      "method": "qat" if is_qat_state(folder) else a.method}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
