@@ -40,7 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override top-k routing at inference (adaptive compute)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                    help="activation dtype")
+    p.add_argument("--kv-bits", type=int, choices=[4, 8], default=None,
+                   help="quantize the KV cache from the first token (mlx-lm QuantizedKVCache)")
     return p
+
+
+def kv_cache_options(args, head_dim: int) -> dict:
+    """stream_generate kwargs for --kv-bits: groups of 64 (32 when head_dim needs it), and
+    quantized from the start (mlx-lm's default waits for 5000 tokens)."""
+    bits = getattr(args, "kv_bits", None)
+    if bits is None:
+        return {}
+    group = next((g for g in (64, 32) if head_dim % g == 0), None)
+    if group is None:
+        raise ValueError(f"--kv-bits needs head_dim a multiple of 32, got {head_dim}")
+    return dict(kv_bits=bits, kv_group_size=group, quantized_kv_start=0)
 
 
 def prompt_tokens(tokenizer, messages, raw: bool) -> list:
@@ -69,6 +83,7 @@ class Session:
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.sampler = make_sampler(temp=args.temp, top_p=args.top_p, top_k=args.top_k)
         self._make_cache = lambda: make_prompt_cache(model)
+        self.kv_options = kv_cache_options(args, model.args.head_dim)
         self.reset()
 
     def reset(self):
@@ -100,7 +115,8 @@ class Session:
         new = tokens[common:]
         text, generated, last = "", [], None
         for r in stream_generate(self.model, self.tokenizer, new, max_tokens=max_tokens,
-                                 sampler=self.sampler, prompt_cache=self.cache):
+                                 sampler=self.sampler, prompt_cache=self.cache,
+                                 **self.kv_options):
             out.write(r.text)
             out.flush()
             text += r.text
@@ -139,7 +155,11 @@ def main(argv=None) -> int:
             return 2
     if args.seed is not None:
         mx.random.seed(args.seed)
-    session = Session(model, tokenizer, args)
+    try:
+        session = Session(model, tokenizer, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     if args.prompt is not None:
         try:
