@@ -1,0 +1,183 @@
+"""Write the cross-language fixtures that `swift test` checks MobileMoEKit against.
+
+A tiny random MobileMoE (the "tiny" preset with a trained 512-token byte-level BPE tokenizer)
+is saved twice through `mlx_mobilemoe.checkpoint.save`: in the official QAT layout (int4 g32)
+and in the BF16 layout. Each folder is loaded back with `mlx_mobilemoe.load` and run in
+float32; the logits of every position of a few prompts and greedy continuations (KV cache)
+are written beside it. A table of strings gives the tokenizer ids and decodes of Python's
+`tokenizers`. Everything is deterministic; the output stays well under 2 MB.
+
+    python scripts/write_swift_fixtures.py [--out swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from mlx_mobilemoe import checkpoint
+from mlx_mobilemoe.config import preset
+from mlx_mobilemoe.model import Model
+from mlx_mobilemoe.tokenizer import train_tokenizer
+
+DEFAULT_OUT = ROOT / "swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures"
+VOCAB = 512
+GREEDY_TOKENS = 12
+MIN_MARGIN = 2e-3  # top-1 minus top-2 logit at every greedy step: no near-ties to flip
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. ",
+    "Mixture-of-experts models route every token to a few experts; the rest stay idle. ",
+    "On a phone, memory bandwidth decides how fast a language model can speak. ",
+    "Héllo wörld, ça va? Ñandú, naïve café, Straße, smørrebrød. ",
+    "日本語のテキストと中文文本，还有한국어 문장도 있습니다。 ",
+    "Emoji 😀🎉👍🏽 and symbols → ∑ ≈ ∞ € £ ¥ © ™. ",
+    "def forward(self, x):\n    return self.down(silu(self.gate(x)) * self.up(x))\n",
+    "Numbers 0 1 12 123 1234 12345 3.14159 2026-11-22 and    spaces\t\ttabs\n\n\nnewlines. ",
+    "I'm sure you'll see they've said it's what we'd do. ",
+]
+
+# Strings whose ids Swift must reproduce exactly.
+TOKENIZER_CASES = [
+    "", "Hello world", "The quick brown fox jumps over the lazy dog.",
+    "Héllo wörld, ça va? naïve café", "Straße Ñandú smørrebrød",
+    "日本語のテキスト", "中文文本，还有한국어", "😀🎉👍🏽 emoji", "🧑‍🚀 astronaut ZWJ",
+    "  leading spaces", "trailing spaces   ", "many     spaces\tand\ttabs",
+    "line one\nline two\r\nline three\n\n\n", " \n \n", "\u000b\u0085\u00a0\u3000 odd whitespace",
+    "I'm sure you'll see they've said it's what we'd do. IT'S LOUD",
+    "Numbers 0 1 12 123 1234 12345 3.14159", "def f(x):\n    return x ** 2\n",
+    "<|begin_of_text|>Hello<|eot_id|>",
+    "<|start_header_id|>user<|end_header_id|>\n\nHi there!<|eot_id|>",
+    "text<|end_of_text|>more<|pad|>", "<|eot_id|><|eot_id|>",
+    "not special: <|unknown|> and < | eot_id | >", "ﬁ ligature Ⅻ roman ① circled",
+]
+
+PROMPTS = [
+    [{"role": "user", "content": "Hello! How are you?"}],
+    "The quick brown fox",
+    "日本語 and émoji 😀 mixed",
+]
+
+
+class NearTie(Exception):
+    pass
+
+
+def randomize(model: Model, seed: int) -> None:
+    """Give norms and expert biases non-trivial values so the fixtures exercise them."""
+    rng = np.random.default_rng(seed)
+    m = model.model
+    norms = [m.norm] + [n for l in m.layers for n in (l.input_layernorm, l.post_attention_layernorm)]
+    for n in norms:
+        n.weight = mx.array(1 + 0.2 * rng.standard_normal(n.weight.shape), dtype=mx.float32)
+    for layer in m.layers:
+        ff = layer.feed_forward
+        ff.expert_bias = mx.array(0.05 * rng.standard_normal(ff.expert_bias.shape), dtype=mx.float32)
+        ff.router.weight = mx.array(rng.standard_normal(ff.router.weight.shape) * 0.5, dtype=mx.float32)
+    mx.eval(model.parameters())
+
+
+def greedy(model, prompt_ids, n):
+    cache = model.make_cache()
+    logits = model(mx.array([prompt_ids]), cache=cache)[0, -1]
+    tokens, margin = [], float("inf")
+    for _ in range(n):
+        top2 = np.sort(np.array(logits, dtype=np.float32))[-2:]
+        margin = min(margin, float(top2[1] - top2[0]))
+        t = int(mx.argmax(logits).item())
+        tokens.append(t)
+        logits = model(mx.array([[t]]), cache=cache)[0, -1]
+    return tokens, margin
+
+
+def expected_outputs(folder: Path, prompts: list) -> dict:
+    model, tok = checkpoint.load(folder, dtype=mx.float32)
+    cases = []
+    for p in prompts:
+        if isinstance(p, list):
+            text = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+        else:
+            text = tok.bos_token + p
+        ids = tok.encode(text, add_special_tokens=False)
+        logits = np.array(model(mx.array([ids]))[0], dtype=np.float32)
+        toks, margin = greedy(model, ids, GREEDY_TOKENS)
+        if margin < MIN_MARGIN:
+            raise NearTie(f"greedy margin {margin:.2e} < {MIN_MARGIN} for {p!r}")
+        cases.append({
+            "prompt": p if isinstance(p, str) else None,
+            "messages": p if isinstance(p, list) else None,
+            "rendered": text,
+            "prompt_ids": ids,
+            "logits": [[float(f"{v:.7g}") for v in row] for row in logits],
+            "greedy_tokens": toks,
+            "greedy_min_margin": margin,
+        })
+    return {"folder": folder.name, "cases": cases}
+
+
+def write_checkpoints(out: Path, seed: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mx.random.seed(seed)
+        # ids of train_tokenizer's special tokens: <|begin_of_text|> 0, <|end_of_text|> 1, <|eot_id|> 4
+        model = Model(preset("tiny", vocab_size=VOCAB, bos_token_id=0, eos_token_id=[1, 4]))
+        randomize(model, seed)
+        tok_dir = train_tokenizer(CORPUS * 20, VOCAB, Path(tmp) / "tok")
+        # load_tokenizer reads eos ids from the folder's config.json
+        (tok_dir / "config.json").write_text(json.dumps(model.args.to_dict()))
+        tokenizer = checkpoint.load_tokenizer(tok_dir)
+        for name, quantized in (("tiny-bf16", False), ("tiny-qat", True)):  # bf16 first: QAT quantizes in place
+            dest = out / name
+            if dest.exists():
+                shutil.rmtree(dest)
+            checkpoint.save(model, tokenizer, dest, quantized=quantized)
+            expected = expected_outputs(dest, PROMPTS)
+            expected["seed"] = seed
+            (out / f"{name}-expected.json").write_text(json.dumps(expected) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    for seed in range(args.seed, args.seed + 50):  # the first seed without near-ties
+        try:
+            write_checkpoints(out, seed)
+            break
+        except NearTie as e:
+            print(f"seed {seed}: {e}; trying the next seed")
+    else:
+        raise SystemExit("no seed without near-ties found")
+
+    from tokenizers import Tokenizer
+    ref = Tokenizer.from_file(str(out / "tiny-qat" / "tokenizer.json"))
+    table = []
+    for s in TOKENIZER_CASES:
+        ids = ref.encode(s).ids
+        table.append({
+            "text": s,
+            "ids": ids,
+            "ids_no_special": ref.encode(s, add_special_tokens=False).ids,
+            "decoded": ref.decode(ids, skip_special_tokens=True),
+            "decoded_with_special": ref.decode(ids, skip_special_tokens=False),
+        })
+    (out / "tokenizer-cases.json").write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n")
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote fixtures to {out} ({total / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

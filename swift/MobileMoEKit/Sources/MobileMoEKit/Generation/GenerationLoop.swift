@@ -1,0 +1,69 @@
+// One generation: prefill the prompt in chunks, then sample, stream text, and feed each token
+// back. `Task.isCancelled` is checked before every forward pass, so nothing is submitted to
+// the GPU after the consumer went away (or the app was backgrounded and cancelled it).
+import Foundation
+
+struct GenerationLoop {
+    let model: MobileMoEModel
+    let parameters: GenerateParameters
+
+    func run(promptIds: [Int], onText: (String) -> Void) async throws -> GenerationInfo {
+        let config = model.configuration
+        guard !promptIds.isEmpty else { throw InferenceError.backendUnavailable("empty prompt") }
+        if let k = parameters.expertsPerToken, !(1...config.numLocalExperts).contains(k) {
+            throw InferenceError.badExpertsPerToken(k, experts: config.numLocalExperts)
+        }
+        let session = try model.backend.makeSession(capacity: promptIds.count + max(parameters.maxTokens, 0))
+        var k = await expertsPerToken()
+        var sampler = Sampler(parameters: parameters)
+        var decoder = StreamingDecoder(tokenizer: model.tokenizer)
+        var generated: [Int] = []
+        var reason = GenerationInfo.StopReason.length
+        let clock = ContinuousClock()
+        let start = clock.now
+
+        // Prefill.
+        var logits: [Float] = []
+        var offset = 0
+        while offset < promptIds.count {
+            if Task.isCancelled { return info(promptIds.count, generated, .cancelled, start, start, clock, k) }
+            let end = min(promptIds.count, offset + max(parameters.prefillStepSize, 1))
+            logits = try session.forward(Array(promptIds[offset..<end]), expertsPerToken: k)
+            offset = end
+        }
+        let prefillEnd = clock.now
+
+        // Decode.
+        while generated.count < parameters.maxTokens {
+            let token = sampler.sample(logits)
+            if model.stopTokenIds.contains(token) { reason = .stop; break }
+            generated.append(token)
+            let text = decoder.append(token)
+            if !text.isEmpty { onText(text) }
+            if generated.count == parameters.maxTokens { break }
+            if Task.isCancelled { reason = .cancelled; break }
+            if generated.count % model.adaptiveCompute.refreshInterval == 0 { k = await expertsPerToken() }
+            logits = try session.forward([token], expertsPerToken: k)
+        }
+        let rest = decoder.finish()
+        if !rest.isEmpty { onText(rest) }
+        return info(promptIds.count, generated, reason, start, prefillEnd, clock, k)
+    }
+
+    private func expertsPerToken() async -> Int {
+        if let k = parameters.expertsPerToken { return k }
+        let state = await model.deviceState.currentState()
+        return model.adaptiveCompute.expertsPerToken(configured: model.configuration.numExpertsPerTok, state: state)
+    }
+
+    private func info(_ promptCount: Int, _ tokens: [Int], _ reason: GenerationInfo.StopReason,
+                      _ start: ContinuousClock.Instant, _ prefillEnd: ContinuousClock.Instant,
+                      _ clock: ContinuousClock, _ k: Int) -> GenerationInfo {
+        func seconds(_ d: Duration) -> Double {
+            Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        }
+        return GenerationInfo(promptTokenCount: promptCount, generationTokenCount: tokens.count,
+                              promptTime: seconds(prefillEnd - start), generationTime: seconds(clock.now - prefillEnd),
+                              stopReason: reason, tokens: tokens, expertsPerToken: k, backend: model.backend.name)
+    }
+}

@@ -1,0 +1,143 @@
+// The public entry point: load a MobileMoE folder (DESIGN.md §3) and generate text from it.
+//
+//     let model = try await MobileMoEModel.load(directory: url)
+//     for try await event in model.generate(prompt: "Hi!", parameters: .init(maxTokens: 64)) {
+//         if case .chunk(let text) = event { print(text, terminator: "") }
+//     }
+import Foundation
+
+public enum BackendChoice: String, Sendable, CaseIterable {
+    /// Metal where there is a GPU and the checkpoint is int4 (QAT), else the CPU reference.
+    case automatic
+    case cpu
+    case metal
+}
+
+/// What to feed the model.
+public enum Prompt: Sendable {
+    /// Messages rendered with the checkpoint's chat template.
+    case chat([ChatMessage])
+    /// Raw text after the BOS token, no template.
+    case text(String)
+    /// Token ids as they are.
+    case tokens([Int])
+}
+
+public final class MobileMoEModel: @unchecked Sendable {
+    public let directory: URL
+    public let configuration: ModelConfig
+    public let tokenizer: Tokenizer
+    public let backend: InferenceBackend
+    /// Tokens that end generation: config eos ids, generation_config eos ids, the tokenizer's
+    /// eos token and <|eot_id|>.
+    public let stopTokenIds: Set<Int>
+    public let bosTokenId: Int?
+    public let chatTemplate: ChatTemplate?
+    public let adaptiveCompute: AdaptiveComputePolicy
+    public let deviceState: DeviceStateProvider
+
+    /// Loads off the calling task (parsing the tokenizer and mapping weights takes a moment).
+    public static func load(directory: URL, backend: BackendChoice = .automatic,
+                            adaptiveCompute: AdaptiveComputePolicy = AdaptiveComputePolicy(),
+                            deviceState: DeviceStateProvider = defaultDeviceStateProvider()) async throws -> MobileMoEModel {
+        try await Task.detached(priority: .userInitiated) {
+            try MobileMoEModel(directory: directory, backend: backend, adaptiveCompute: adaptiveCompute, deviceState: deviceState)
+        }.value
+    }
+
+    public init(directory: URL, backend choice: BackendChoice = .automatic,
+                adaptiveCompute: AdaptiveComputePolicy = AdaptiveComputePolicy(),
+                deviceState: DeviceStateProvider = defaultDeviceStateProvider()) throws {
+        self.directory = directory
+        let config = try ModelConfig(contentsOf: directory.appendingPathComponent("config.json"))
+        configuration = config
+        let tokenizer = try Tokenizer(directory: directory)
+        self.tokenizer = tokenizer
+        let weights = try ModelWeights(config: config, store: TensorStore(directory: directory))
+        backend = try MobileMoEModel.makeBackend(choice, weights: weights)
+        self.adaptiveCompute = adaptiveCompute
+        self.deviceState = deviceState
+
+        chatTemplate = try tokenizer.chatTemplate ?? MobileMoEModel.templateFile(in: directory)
+        bosTokenId = tokenizer.bosToken.flatMap(tokenizer.tokenId) ?? config.bosTokenId
+        var stops = Set(config.eosTokenIds)
+        let genURL = directory.appendingPathComponent("generation_config.json")
+        if let data = try? Data(contentsOf: genURL), let gen = try? JSONValue.parse(data) {
+            if let one = gen["eos_token_id"]?.int { stops.insert(one) }
+            for v in gen["eos_token_id"]?.array ?? [] { if let id = v.int { stops.insert(id) } }
+        }
+        if let eos = tokenizer.eosToken.flatMap(tokenizer.tokenId) { stops.insert(eos) }
+        if let eot = tokenizer.tokenId("<|eot_id|>") { stops.insert(eot) }
+        stopTokenIds = stops
+    }
+
+    static func makeBackend(_ choice: BackendChoice, weights: ModelWeights) throws -> InferenceBackend {
+        switch choice {
+        case .cpu:
+            return CPUBackend(weights: weights)
+        case .metal:
+            #if canImport(Metal)
+            return try MetalBackend(weights: weights)
+            #else
+            throw InferenceError.backendUnavailable("Metal is not available on this platform")
+            #endif
+        case .automatic:
+            #if canImport(Metal)
+            if weights.config.isQuantized, let metal = try? MetalBackend(weights: weights) { return metal }
+            #endif
+            return CPUBackend(weights: weights)
+        }
+    }
+
+    /// transformers >= 4.43 saves the template as chat_template.jinja beside tokenizer_config.json.
+    static func templateFile(in directory: URL) throws -> ChatTemplate? {
+        let url = directory.appendingPathComponent("chat_template.jinja")
+        guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+        return ChatTemplate(source: try String(contentsOf: url, encoding: .utf8))
+    }
+
+    /// The token ids a prompt turns into.
+    public func tokens(for prompt: Prompt) throws -> [Int] {
+        switch prompt {
+        case let .tokens(ids):
+            return ids
+        case let .text(text):
+            guard let bos = bosTokenId else { return tokenizer.encode(text, addSpecialTokens: true) }
+            return [bos] + tokenizer.encode(text, addSpecialTokens: false)
+        case let .chat(messages):
+            guard let template = chatTemplate else {
+                throw TokenizerError.chatTemplate("the checkpoint has no chat template; use Prompt.text for raw text")
+            }
+            let rendered = try template.render(messages, bosToken: tokenizer.bosToken, addGenerationPrompt: true)
+            return tokenizer.encode(rendered, addSpecialTokens: false)
+        }
+    }
+
+    /// Streams the reply to one user message (chat template when the checkpoint has one,
+    /// else the raw text). Cancel the consuming task to stop.
+    public func generate(prompt: String, parameters: GenerateParameters = GenerateParameters()) -> AsyncThrowingStream<GenerationEvent, Error> {
+        generate(chatTemplate == nil ? .text(prompt) : .chat([.user(prompt)]), parameters: parameters)
+    }
+
+    public func generate(messages: [ChatMessage], parameters: GenerateParameters = GenerateParameters()) -> AsyncThrowingStream<GenerationEvent, Error> {
+        generate(.chat(messages), parameters: parameters)
+    }
+
+    public func generate(_ prompt: Prompt, parameters: GenerateParameters = GenerateParameters()) -> AsyncThrowingStream<GenerationEvent, Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task.detached(priority: .userInitiated) { [self] in
+                do {
+                    let ids = try self.tokens(for: prompt)
+                    let info = try await GenerationLoop(model: self, parameters: parameters).run(promptIds: ids) { text in
+                        continuation.yield(.chunk(text))
+                    }
+                    continuation.yield(.info(info))
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+}
