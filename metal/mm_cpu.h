@@ -1,0 +1,99 @@
+// mm_cpu.h — CPU emulation of the mm_ portability layer, for tests only.
+//
+// Runs a kernel body with one std::thread per GPU thread, one threadgroup at a time, so
+// that bodies can be checked without a GPU (tests/kernel_emu.py builds and calls it).
+// Threadgroup arrays become function-level statics (shared by the group's threads);
+// barriers are std::barrier; SIMD operations go through a per-SIMD-group scratch row.
+// Slow by design: only tiny shapes.
+#ifndef MM_SHIM
+#define MM_SHIM 1
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define MM_FN inline
+#define MM_GLOBAL
+#define MM_SHARED
+#define MM_SHARED_DECL static
+#define MM_THREAD
+#define MM_BARRIER() mm_emu::block_barrier()
+#define MM_UNROLL
+
+typedef _Float16 mm_half;
+
+namespace mm_emu {
+struct Group {
+  std::barrier<>* bar;
+  std::vector<std::unique_ptr<std::barrier<>>> simd;
+  float f[1024];
+  int i[1024];
+};
+inline Group* group = nullptr;
+inline thread_local uint32_t tid, gid, lane, warp;
+inline void block_barrier() { group->bar->arrive_and_wait(); }
+inline void simd_sync() { group->simd[warp]->arrive_and_wait(); }
+
+template <typename F>
+void launch(int nblocks, int nthreads, F&& body) {
+  for (int b = 0; b < nblocks; ++b) {
+    std::barrier<> bar(nthreads);
+    Group g;
+    g.bar = &bar;
+    for (int w = 0; w < nthreads / 32; ++w) g.simd.emplace_back(new std::barrier<>(32));
+    group = &g;
+    std::vector<std::thread> threads;
+    threads.reserve(nthreads);
+    for (int t = 0; t < nthreads; ++t) {
+      threads.emplace_back([&body, t, b] {
+        tid = t, gid = b, lane = t % 32, warp = t / 32;
+        body();
+      });
+    }
+    for (auto& th : threads) th.join();
+  }
+}
+}  // namespace mm_emu
+
+MM_FN float mm_f32(float v) { return v; }
+MM_FN float mm_f32(_Float16 v) { return static_cast<float>(v); }
+template <typename T> MM_FN T mm_to(float v) { return static_cast<T>(v); }
+MM_FN float mm_exp(float v) { return std::exp(v); }
+
+MM_FN float mm_simd_sum(float v) {
+  using namespace mm_emu;
+  group->f[tid] = v;
+  simd_sync();
+  float s = 0.0f;
+  for (int l = 0; l < 32; ++l) s += group->f[warp * 32 + l];
+  simd_sync();
+  return s;
+}
+MM_FN float mm_shfl_xor(float v, int m) {
+  using namespace mm_emu;
+  group->f[tid] = v;
+  simd_sync();
+  const float r = group->f[warp * 32 + (lane ^ m)];
+  simd_sync();
+  return r;
+}
+MM_FN int mm_shfl_xor(int v, int m) {
+  using namespace mm_emu;
+  group->i[tid] = v;
+  simd_sync();
+  const int r = group->i[warp * 32 + (lane ^ m)];
+  simd_sync();
+  return r;
+}
+MM_FN int mm_simd_excl(int v) {
+  using namespace mm_emu;
+  group->i[tid] = v;
+  simd_sync();
+  int s = 0;
+  for (uint32_t l = 0; l < lane; ++l) s += group->i[warp * 32 + l];
+  simd_sync();
+  return s;
+}
+#endif

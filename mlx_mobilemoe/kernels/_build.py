@@ -1,0 +1,91 @@
+"""Build the fused kernels for Metal or CUDA from the one body text in metal/.
+
+A kernel is the shim header of its backend (metal/mm_metal.h or metal/mm_cuda.h) plus the
+shared bodies (metal/moe_*.h) as `header`, and as `source` a backend prologue (thread ids
+from the backend's own names) followed by a few lines of glue that declare threadgroup
+memory and call the body. `mx.fast.metal_kernel` and `mx.fast.cuda_kernel` take the same
+arguments, so everything else is common.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+
+THREADS = 256  # MM_NT in metal/moe_common.h: every kernel runs threadgroups of 256
+
+_BODIES = ("moe_common.h", "moe_decode.h", "moe_prefill.h")
+
+# Thread ids by the backend's own names (Metal declares an attribute only when the source
+# mentions it, so these must be in `source`, not in a header macro).
+PROLOGUE = {
+    "metal": ("const uint32_t mm_tid = thread_position_in_threadgroup.x;\n"
+              "const uint32_t mm_gid = threadgroup_position_in_grid.x;\n"
+              "const uint32_t mm_lane = thread_index_in_simdgroup;\n"
+              "const uint32_t mm_warp = simdgroup_index_in_threadgroup;\n"),
+    "cuda": ("const uint32_t mm_tid = threadIdx.x;\n"
+             "const uint32_t mm_gid = blockIdx.x;\n"
+             "const uint32_t mm_lane = threadIdx.x & 31u;\n"
+             "const uint32_t mm_warp = threadIdx.x >> 5;\n"),
+}
+_SHIM = {"metal": "mm_metal.h", "cuda": "mm_cuda.h"}
+_FACTORY: dict[str, Callable] = {
+    "metal": lambda name, inputs, outputs, source, header: mx.fast.metal_kernel(
+        name=name, input_names=inputs, output_names=outputs, source=source, header=header),
+    "cuda": lambda name, inputs, outputs, source, header: mx.fast.cuda_kernel(
+        name=name, input_names=inputs, output_names=outputs, source=source, header=header),
+}
+_CACHE: dict = {}
+
+
+def metal_dir() -> Path:
+    """Where the kernel sources live: the repository's metal/ (or a packaged copy)."""
+    for d in (Path(__file__).resolve().parents[2] / "metal", Path(__file__).resolve().parent):
+        if (d / "moe_common.h").exists():
+            return d
+    raise FileNotFoundError("kernel sources (metal/moe_common.h) not found")
+
+
+def read_source(name: str) -> str:
+    return (metal_dir() / name).read_text()
+
+
+def reference_forced() -> bool:
+    """MLX_MOBILEMOE_REFERENCE=1 forces the plain-MLX reference everywhere."""
+    return os.environ.get("MLX_MOBILEMOE_REFERENCE", "0") not in ("", "0")
+
+
+def gpu_backend() -> Optional[str]:
+    """'metal' or 'cuda' when the default device is a GPU that can run custom kernels."""
+    if reference_forced() or mx.default_device() != mx.gpu:
+        return None
+    if mx.metal.is_available():
+        return "metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return None
+
+
+def register_backend(name: str, factory: Callable, prologue: str, shim: str) -> None:
+    """Add a backend (the tests' CPU emulator): factory(name, inputs, outputs, source, header)."""
+    _FACTORY[name], PROLOGUE[name], _SHIM[name] = factory, prologue, shim
+
+
+def kernel(backend: str, name: str, inputs: list[str], outputs: list[str], glue: str):
+    """The kernel `name` for `backend`, built once: shim + bodies as header, prologue + glue."""
+    key = (backend, name)
+    if key not in _CACHE:
+        header = "\n".join(read_source(f) for f in (_SHIM[backend], *_BODIES))
+        _CACHE[key] = _FACTORY[backend](
+            f"mobilemoe_{name}", inputs, outputs, PROLOGUE[backend] + glue, header)
+    return _CACHE[key]
+
+
+def launch(k, inputs, outputs, groups: int, template):
+    """Run `k` on `groups` threadgroups of THREADS threads. outputs: [(shape, dtype)]."""
+    return k(inputs=inputs, output_shapes=[s for s, _ in outputs],
+             output_dtypes=[d for _, d in outputs], grid=(groups * THREADS, 1, 1),
+             threadgroup=(THREADS, 1, 1), template=template)
