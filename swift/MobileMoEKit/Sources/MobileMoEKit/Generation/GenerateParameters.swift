@@ -17,9 +17,12 @@ public struct GenerateParameters: Sendable, Equatable {
     public var expertsPerToken: Int?
     /// Prompt tokens per forward pass during prefill (bounds scratch memory).
     public var prefillStepSize: Int
+    /// Token ids that end generation besides the checkpoint's eos/eot tokens.
+    public var extraStopTokens: Set<Int>
 
     public init(maxTokens: Int = 256, temperature: Float = 0.6, topP: Float = 1.0, topK: Int = 0,
-                seed: UInt64? = nil, expertsPerToken: Int? = nil, prefillStepSize: Int = 256) {
+                seed: UInt64? = nil, expertsPerToken: Int? = nil, prefillStepSize: Int = 256,
+                extraStopTokens: Set<Int> = []) {
         self.maxTokens = maxTokens
         self.temperature = temperature
         self.topP = topP
@@ -27,5 +30,6 @@ public struct GenerateParameters: Sendable, Equatable {
         self.seed = seed
         self.expertsPerToken = expertsPerToken
         self.prefillStepSize = prefillStepSize
+        self.extraStopTokens = extraStopTokens
     }
 }

@@ -7,13 +7,19 @@ struct GenerationLoop {
     let model: MobileMoEModel
     let parameters: GenerateParameters
 
+    /// Loops running now (lets tests see that cancellation really stopped the work).
+    static let running = RunningCount()
+
     func run(promptIds: [Int], onText: (String) -> Void) async throws -> GenerationInfo {
+        GenerationLoop.running.add(1)
+        defer { GenerationLoop.running.add(-1) }
         let config = model.configuration
         guard !promptIds.isEmpty else { throw InferenceError.backendUnavailable("empty prompt") }
         if let k = parameters.expertsPerToken, !(1...config.numLocalExperts).contains(k) {
             throw InferenceError.badExpertsPerToken(k, experts: config.numLocalExperts)
         }
         let session = try model.backend.makeSession(capacity: promptIds.count + max(parameters.maxTokens, 0))
+        guard promptIds.count < session.capacity else { throw InferenceError.contextFull(capacity: session.capacity) }
         var k = await expertsPerToken()
         var sampler = Sampler(parameters: parameters)
         var decoder = StreamingDecoder(tokenizer: model.tokenizer)
@@ -36,12 +42,13 @@ struct GenerationLoop {
         // Decode.
         while generated.count < parameters.maxTokens {
             let token = sampler.sample(logits)
-            if model.stopTokenIds.contains(token) { reason = .stop; break }
+            if model.stopTokenIds.contains(token) || parameters.extraStopTokens.contains(token) { reason = .stop; break }
             generated.append(token)
             let text = decoder.append(token)
             if !text.isEmpty { onText(text) }
             if generated.count == parameters.maxTokens { break }
             if Task.isCancelled { reason = .cancelled; break }
+            if session.position >= session.capacity { reason = .length; break }  // context full
             if generated.count % model.adaptiveCompute.refreshInterval == 0 { k = await expertsPerToken() }
             logits = try session.forward([token], expertsPerToken: k)
         }
@@ -66,4 +73,11 @@ struct GenerationLoop {
                               promptTime: seconds(prefillEnd - start), generationTime: seconds(clock.now - prefillEnd),
                               stopReason: reason, tokens: tokens, expertsPerToken: k, backend: model.backend.name)
     }
+}
+
+final class RunningCount: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add(_ d: Int) { lock.lock(); n += d; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return n }
 }

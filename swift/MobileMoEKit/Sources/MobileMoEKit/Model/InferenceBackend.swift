@@ -11,6 +11,8 @@ public protocol InferenceBackend: Sendable {
 public protocol InferenceSession: AnyObject {
     /// Tokens already in the cache.
     var position: Int { get }
+    /// Tokens the cache can hold (at most max_position_embeddings).
+    var capacity: Int { get }
     /// Appends `tokens` to the cache and returns the logits of the last one (vocab_size values).
     /// `expertsPerToken` overrides the config's top-k (adaptive compute).
     func forward(_ tokens: [Int], expertsPerToken: Int) throws -> [Float]
