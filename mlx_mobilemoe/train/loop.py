@@ -1,0 +1,424 @@
+"""The training loop: AdamW with warmup + cosine, clipping, accumulation, compiled steps,
+periodic eval, progress bar, JSONL metrics, atomic checkpoints and exact `--resume`.
+
+A run folder `out/` is itself a checkpoint in the official layout (config.json,
+model.safetensors, tokenizer files) plus:
+  train_state/   float32 parameters, optimizer state and step (what --resume needs;
+                 the official weights are BF16, so resuming from them would not be exact)
+  metrics.jsonl  one line per step (and per eval), eval.json (latest held-out results),
+  train_config.yaml (the resolved stage settings).
+Each save builds a new folder beside `out` and swaps it in with renames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from .. import checkpoint
+from ..model import Model
+from .config import TrainConfig
+from .distributed import World
+from .moe import balance_biases, forward, load_summary
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss keeps coming out non-finite)."""
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over `warmup` steps, then cosine down to lr * min_lr_ratio at `total`."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(1, total - cfg.warmup)
+    t = min(1.0, (step - cfg.warmup) / span)
+    lo = cfg.lr * cfg.min_lr_ratio
+    return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(0, s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """One status line: step, loss, tokens/s and ETA (redrawn on a terminal)."""
+
+    def __init__(self, total: int, every: int, enabled: bool):
+        self.total, self.every, self.enabled = total, every, enabled
+        self.tty = sys.stderr.isatty()
+
+    def update(self, step, loss, tps, eta, extra=""):
+        if not self.enabled or not (self.tty or step % self.every == 0 or step == self.total):
+            return
+        w = 24
+        done = int(w * step / max(1, self.total))
+        line = (f"[{'#' * done}{'.' * (w - done)}] {step}/{self.total} loss {loss:.4f} "
+                f"{tps / 1e3:.1f}k tok/s ETA {_fmt_time(eta)}{extra}")
+        if self.tty:
+            end = "\n" if step == self.total else ""
+            print("\r" + line.ljust(100), end=end, file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def message(self, text):
+        if self.enabled:
+            print(("\n" if self.tty else "") + text, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Runs one stage over `data` (an object with `batch(step, batch_size, rows)`).
+
+    eval_sets: {domain: callable(batch_size) -> iterable of (x, y, mask)}.
+    tok_dir: the tokenizer folder copied into every checkpoint.
+    save_view: context manager giving the model to write (LoRA: the fused view)."""
+
+    def __init__(self, cfg: TrainConfig, model: Model, data, tok_dir: Path,
+                 eval_sets: Optional[dict] = None, save_view: Optional[Callable] = None,
+                 world: Optional[World] = None, resume: bool = False, extra_meta=None):
+        self.cfg, self.model, self.data, self.tok_dir = cfg, model, data, Path(tok_dir)
+        self.eval_sets = eval_sets or {}
+        self.save_view = save_view
+        self.world = world or World()
+        self.resume = resume
+        self.extra_meta = extra_meta or {}
+        self.out = cfg.out_dir
+        if cfg.batch_size % (cfg.grad_accum * self.world.size):
+            raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by grad_accum "
+                                f"{cfg.grad_accum} x ranks {self.world.size}")
+        self.micro = cfg.batch_size // (cfg.grad_accum * self.world.size)
+        self.total = cfg.steps
+        self.step = 0
+        self.elapsed = 0.0  # training seconds over all sessions (for the budget)
+        self.tokens = 0
+        self.bad = 0
+        self.progress = Progress(self.total, cfg.log_every, self.world.is_main)
+        model.freeze(keys=["expert_bias"])  # moved by the balancing rule, not by gradient
+        model.train()
+        self.opt = optim.AdamW(learning_rate=cfg.lr, betas=list(cfg.betas), eps=1e-8,
+                               weight_decay=cfg.weight_decay)
+        self.opt.init(model.trainable_parameters())
+        if resume:
+            self._load_state()
+        self._build_fns()
+
+    # --- compiled functions ---------------------------------------------------------------
+
+    def _build_fns(self):
+        cfg, model, moe = self.cfg, self.model, self.cfg.moe
+
+        def loss_fn(x, y, m):
+            logits, st = forward(model, x, moe["dispatch"], moe["capacity_factor"])
+            ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
+            ntok = m.sum()
+            ce_sum = (ce * m).sum()
+            z, aux = st["z"].mean(), st["aux"].mean()
+            # Summed over tokens so micro-batches and ranks add up exactly; / tokens later.
+            obj = ce_sum + ntok * (moe["z_loss"] * z + moe["aux_loss"] * aux)
+            return obj, {"ce": ce_sum, "ntok": ntok, "load": st["load"],
+                         "dropped": st["dropped"].sum(), "z": z * ntok}
+
+        vg = nn.value_and_grad(model, loss_fn)
+
+        def grad_step(x, y, m):
+            (obj, stats), grads = vg(x, y, m)
+            stats["obj"] = obj
+            return stats, grads
+
+        def norm(grads, scale):
+            return mx.sqrt(sum((g.astype(mx.float32) ** 2).sum()
+                               for _, g in tree_flatten(grads))) * scale
+
+        def update(grads, load, scale):
+            grads = tree_map(lambda g: g * scale, grads)
+            if cfg.grad_clip:
+                grads, _ = optim.clip_grad_norm(grads, cfg.grad_clip)
+            self.opt.update(model, grads)
+            balance_biases(model, load, moe["balance_gamma"])
+
+        def eval_loss(x, y, m):
+            logits, _ = forward(model, x, "dropless", with_stats=False)
+            ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
+            return (ce * m).sum(), m.sum()
+
+        self._grad_step, self._norm, self._update, self._eval = grad_step, norm, update, \
+            eval_loss
+        if cfg.compile:
+            st = [model.state, mx.random.state]
+            self._grad_step = mx.compile(grad_step, inputs=st, outputs=st)
+            self._norm = mx.compile(norm)
+            su = [model.state, self.opt.state]
+            self._update = mx.compile(update, inputs=su, outputs=su)
+            self._eval = mx.compile(eval_loss, inputs=[model.state], outputs=[model.state])
+
+    # --- one optimizer step ---------------------------------------------------------------
+
+    def _train_step(self, step: int) -> dict:
+        cfg, w = self.cfg, self.world
+        # Randomness (dropout) is a function of (seed, step, rank): nothing to save for resume.
+        mx.random.seed((cfg.seed * 1_000_003 + step) * 1_009 + w.rank)
+        acc, grads = None, None
+        for a in range(cfg.grad_accum):
+            lo = (a * w.size + w.rank) * self.micro
+            x, y, m = self.data.batch(step, cfg.batch_size, slice(lo, lo + self.micro))
+            stats, g = self._grad_step(mx.array(x), mx.array(y), mx.array(m))
+            if acc is None:
+                acc, grads = stats, g
+            else:
+                acc = tree_map(mx.add, acc, stats)
+                grads = tree_map(mx.add, grads, g)
+        if w.size > 1:
+            both = w.sum_tree({"acc": acc, "grads": grads})
+            acc, grads = both["acc"], both["grads"]
+        scale = 1.0 / mx.maximum(acc["ntok"], 1.0)
+        gnorm = self._norm(grads, scale)
+        mx.eval(acc, gnorm)
+        ntok = float(acc["ntok"].item())
+        rec = {"step": step + 1,
+               "loss": float(acc["ce"].item()) / max(ntok, 1.0),
+               "objective": float(acc["obj"].item()) / max(ntok, 1.0),
+               "grad_norm": float(gnorm.item()),
+               "tokens": ntok}
+        if not (math.isfinite(rec["objective"]) and math.isfinite(rec["grad_norm"])):
+            rec["skipped"] = True
+            return rec
+        lr = lr_at(step, self.total, cfg)
+        self.opt.learning_rate = lr
+        self._update(grads, acc["load"], scale)
+        mx.eval(self.model.state, self.opt.state)
+        load = np.array(acc["load"])
+        rec.update({"lr": lr, "router_z": float(acc["z"].item()) / max(ntok, 1.0),
+                    "dropped_frac": float(acc["dropped"].item()) / max(float(load.sum()), 1.0),
+                    **load_summary(load),
+                    "load": load.astype(np.int64).tolist()})
+        return rec
+
+    # --- evaluation -----------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        self.model.eval()
+        res, tot_ce, tot_n = {}, 0.0, 0.0
+        for name, batches in self.eval_sets.items():
+            ce = n = 0.0
+            for x, y, m in batches(self.cfg.batch_size, self.cfg.eval_batches):
+                c, k = self._eval(mx.array(x), mx.array(y), mx.array(m))
+                mx.eval(c, k)
+                ce, n = ce + c.item(), n + k.item()
+            if n:
+                res[name] = {"loss": ce / n, "ppl": math.exp(min(ce / n, 50)), "tokens": int(n)}
+                tot_ce, tot_n = tot_ce + ce, tot_n + n
+        if tot_n:
+            res["overall"] = {"loss": tot_ce / tot_n, "ppl": math.exp(min(tot_ce / tot_n, 50)),
+                              "tokens": int(tot_n)}
+        self.model.train()
+        return res
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg, main = self.cfg, self.world.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._trim_metrics()
+        t_session = time.perf_counter()
+        elapsed0 = self.elapsed
+        probe_from = None
+        last_eval = None
+        step_times = []
+        while self.step < self.total:
+            t0 = time.perf_counter()
+            rec = self._train_step(self.step)
+            dt = time.perf_counter() - t0
+            self.step += 1
+            self.elapsed = elapsed0 + time.perf_counter() - t_session
+            if rec.get("skipped"):
+                self.bad += 1
+                self.progress.message(
+                    f"step {self.step}: non-finite loss/gradient (loss {rec['loss']}, grad norm "
+                    f"{rec['grad_norm']}): update skipped, weights unchanged")
+                self._log(rec)
+                if self.bad >= cfg.max_bad_steps:
+                    self.save()
+                    raise TrainingError(
+                        f"stopping: {self.bad} consecutive non-finite steps; the weights "
+                        f"before them are saved in {self.out}")
+                continue
+            self.bad = 0
+            self.tokens += rec["tokens"]
+            step_times.append(dt)
+            tps = rec["tokens"] / dt
+            rec.update({"tok_per_s": round(tps, 1), "elapsed": round(self.elapsed, 3)})
+            self._budget(step_times)
+            recent = step_times[-20:] if len(step_times) > 1 else step_times
+            eta = (self.total - self.step) * (sum(recent) / len(recent))
+            self._log(rec)
+            self.progress.update(self.step, rec["loss"], tps, eta)
+            if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+                last_eval = self._eval_and_log()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total:
+                self.save()
+            if cfg.stop_after is not None and self.step >= cfg.stop_after \
+                    and self.step < self.total:
+                self.save()
+                self.progress.message(f"stopped after step {self.step} (stop_after); "
+                                      "continue with --resume")
+                return {"step": self.step, "stopped": True}
+        last_eval = self._eval_and_log() if self.eval_sets else last_eval
+        self.save(last_eval)
+        return {"step": self.step, "eval": last_eval, "tokens": self.tokens,
+                "elapsed": self.elapsed}
+
+    def _budget(self, step_times):
+        """With a time budget, fix the number of steps once the speed is known (after the
+        first, compiling, step plus a few more; keep warmup above that so the schedule
+        equals that of a run given this step count up front)."""
+        cfg = self.cfg
+        if not cfg.time_budget or getattr(self, "_budget_fixed", False) or len(step_times) < 6:
+            return
+        per = float(np.median(step_times[1:]))
+        left = cfg.time_budget - self.elapsed
+        total = min(cfg.steps, self.step + max(0, int(left / per)))
+        self.total = self.progress.total = max(total, self.step)
+        self._budget_fixed = True
+        self._log({"step": self.step, "event": "time_budget", "steps": self.total,
+                   "sec_per_step": per})
+        self.progress.message(f"time budget {cfg.time_budget:.0f}s at {per * 1e3:.1f} ms/step: "
+                              f"training {self.total} steps")
+
+    def _eval_and_log(self):
+        if not self.world.is_main or not self.eval_sets:
+            return None
+        res = self.evaluate()
+        self._log({"step": self.step, "eval": res})
+        if "overall" in res:
+            per = ", ".join(f"{k} {v['ppl']:.2f}" for k, v in res.items() if k != "overall")
+            self.progress.message(f"eval @ {self.step}: ppl {res['overall']['ppl']:.3f} ({per})")
+        (self.out / "eval.json").write_text(json.dumps({"step": self.step, **res}, indent=2))
+        return res
+
+    # --- logs -----------------------------------------------------------------------------
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _log(self, rec: dict):
+        if self.world.is_main:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    def _trim_metrics(self):
+        """Drop log lines past the resumed step (written after the last checkpoint)."""
+        p = self.metrics_path
+        if not p.exists():
+            return
+        if not self.resume:
+            p.unlink()
+            return
+        keep = [ln for ln in p.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        p.write_text("".join(ln + "\n" for ln in keep))
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def save(self, eval_result=None):
+        """Write out/ atomically: official layout + train_state + logs."""
+        if not self.world.is_main:
+            return
+        out = self.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+        try:
+            view = self.save_view(self.model) if self.save_view else _null_view(self.model)
+            with view as m:
+                checkpoint.save(m, None, staged)
+            for f in TOKENIZER_FILES:
+                if (self.tok_dir / f).exists():
+                    shutil.copy2(self.tok_dir / f, staged / f)
+            self._write_state(staged / "train_state")
+            for f in ("metrics.jsonl", "eval.json"):
+                if (out / f).exists():
+                    shutil.copy2(out / f, staged / f)
+            if eval_result is not None:
+                (staged / "eval.json").write_text(json.dumps({"step": self.step,
+                                                              **eval_result}, indent=2))
+            _write_yaml(staged / "train_config.yaml", self.cfg.to_dict())
+            _swap_in(staged, out)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+
+    def _write_state(self, folder: Path):
+        folder.mkdir()
+        params = dict(tree_flatten(self.model.parameters()))
+        mx.save_safetensors(str(folder / "params.safetensors"), params)
+        opt = dict(tree_flatten(self.opt.state))
+        mx.save_safetensors(str(folder / "optimizer.safetensors"), opt)
+        meta = {"step": self.step, "total_steps": self.total, "tokens": self.tokens,
+                "elapsed": self.elapsed, "stage": self.cfg.stage,
+                "budget_fixed": getattr(self, "_budget_fixed", False), **self.extra_meta}
+        (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    def _load_state(self):
+        folder = self.out / "train_state"
+        if not (folder / "state.json").exists():
+            raise TrainingError(f"--resume: no {folder}/state.json (nothing to resume)")
+        meta = json.loads((folder / "state.json").read_text())
+        if meta.get("stage") != self.cfg.stage:
+            raise TrainingError(f"--resume: {self.out} holds a {meta.get('stage')} run, "
+                                f"not {self.cfg.stage}")
+        params = mx.load(str(folder / "params.safetensors"))
+        self.model.load_weights(list(params.items()), strict=True)
+        opt = mx.load(str(folder / "optimizer.safetensors"))
+        self.opt.state = tree_unflatten(list(opt.items()))
+        mx.eval(self.model.parameters(), self.opt.state)
+        self.step, self.total = meta["step"], meta["total_steps"]
+        self.tokens, self.elapsed = meta["tokens"], meta["elapsed"]
+        self._budget_fixed = meta.get("budget_fixed", False)
+        self.progress.total = self.total
+
+
+class _null_view:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _swap_in(staged: Path, out: Path):
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old.{os.getpid()}"
+        os.replace(out, old)
+    os.replace(staged, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_yaml(path: Path, values: dict):
+    try:
+        import yaml
+
+        path.write_text(yaml.safe_dump(values, sort_keys=False))
+    except ImportError:  # the GPU machine may lack pyyaml: JSON is valid YAML
+        path.write_text(json.dumps(values, indent=2) + "\n")
