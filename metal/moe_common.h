@@ -78,7 +78,7 @@ MM_FN void mm_route_scores(const MM_GLOBAL T* x, int ntok, const MM_GLOBAL float
 
 // Top-k of scores + bias within one SIMD group (all 32 lanes call it with the same
 // arguments). Lane r < K gets choice r: expert and weight = score / (sum + 1e-20) * rsf
-// (norm) or score * rsf. Ties go to the lower expert index.
+// (norm) or score * rsf. Ties go to the lower expert index. Needs K <= E.
 MM_FN mm_choice mm_topk(const MM_SHARED float* scores, const MM_GLOBAL float* eb, int E, int K,
                         bool norm, float rsf, uint32_t lane) {
   float v[MM_MAX_E / 32];
@@ -92,7 +92,7 @@ MM_FN mm_choice mm_topk(const MM_SHARED float* scores, const MM_GLOBAL float* eb
   float total = 0.0f;
   for (int r = 0; r < K; ++r) {
     float bv = MM_NEG;
-    int bi = 0x7fffffff;
+    int bi = 0;  // stays a valid expert even if scores are NaN
     MM_UNROLL for (int c = 0; c < MM_MAX_E / 32; ++c) {
       if (v[c] > bv) {
         bv = v[c];

@@ -2,7 +2,7 @@
 dispatcher per op. Set MLX_MOBILEMOE_REFERENCE=1 to force the reference everywhere."""
 
 from ._build import gpu_backend, reference_forced
-from .moe_ffn import (MoEWeights, QWeight, fused_moe, moe_ffn, moe_ffn_reference,
+from .moe import (MoEWeights, QWeight, fused_moe, moe_ffn, moe_ffn_reference,
                       route_reference, weights_from_module)
 
 __all__ = ["MoEWeights", "QWeight", "fused_moe", "gpu_backend", "moe_ffn",

@@ -296,11 +296,12 @@ def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
 
 # --- the model's MoE module -------------------------------------------------------------
 
-class _Checked:
-    """Per-module memo: is this exactly the symmetric int4 g32 layout the kernels read?"""
+class _Memo:
+    """Per-module cache (a plain attribute, not a parameter): the MoEWeights view of the
+    module's arrays, keyed by their identities, and which (k, dtype) the kernels support."""
 
-    def __init__(self, key, ok):
-        self.key, self.ok = key, ok
+    def __init__(self, key, weights):
+        self.key, self.weights, self.ok = key, weights, {}
 
 
 def _qw(mod) -> Optional[QWeight]:
@@ -315,38 +316,59 @@ def _qw(mod) -> Optional[QWeight]:
     return QWeight(mod["weight"], mod["scales"], mod.get("biases"))
 
 
+def _symmetric(q: QWeight) -> bool:
+    return q.biases is None or mx.array_equal(q.biases, -8 * q.scales).item()
+
+
 def weights_from_module(moe) -> Optional[MoEWeights]:
     """MoEWeights of a quantized `mlx_mobilemoe.model.MoE`, or None if it is not one the
-    kernels can read (float experts, other bit widths, asymmetric biases)."""
-    ex = moe.experts
-    qs = [_qw(ex.gate_up), _qw(ex.down)]
+    kernels can read (float or LoRA-wrapped experts, other bit widths, biases != -8 * scales)."""
     sh = moe.shared_expert
+    mods = [moe.experts.gate_up, moe.experts.down]
     if sh is not None:
-        qs += [_qw(sh.gate_proj), _qw(sh.up_proj), _qw(sh.down_proj)]
-    else:
-        qs += [None, None, None]
-    if qs[0] is None or qs[1] is None or (sh is not None and None in qs[2:]):
+        mods += [sh.gate_proj, sh.up_proj, sh.down_proj]
+    qs = [_qw(m) for m in mods]
+    if None in qs or not all(_symmetric(q) for q in qs):
         return None
-    key = tuple(id(q.biases) for q in qs if q is not None)
-    memo = getattr(moe, "_mm_checked", None)
-    if memo is None or memo.key != key:
-        ok = all(q.biases is None or mx.array_equal(q.biases, -8 * q.scales).item()
-                 for q in qs if q is not None)
-        memo = _Checked(key, ok)
-        object.__setattr__(moe, "_mm_checked", memo)
-    if not memo.ok:
-        return None
-    return MoEWeights(moe.router.weight, moe.expert_bias, *qs, moe.routed_scaling_factor,
+    qs += [None] * (5 - len(qs))
+    return MoEWeights(moe.router["weight"], moe.expert_bias, *qs, moe.routed_scaling_factor,
                       moe.norm_topk_prob)
+
+
+def _module_key(moe):
+    sh = moe.shared_expert
+    mods = [moe.router, moe.experts.gate_up, moe.experts.down]
+    if sh is not None:
+        mods += [sh.gate_proj, sh.up_proj, sh.down_proj]
+    return (tuple(id(v) for m in mods for v in m.values()), id(moe.expert_bias),
+            moe.routed_scaling_factor, moe.norm_topk_prob)
 
 
 def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
     """The fused forward of the model's MoE module on x (..., H), or None when the kernels
-    do not apply (no GPU backend, reference forced, float or unsupported weights)."""
+    do not apply (no GPU backend, reference forced, float or unsupported weights).
+    Differentiable in x: the gradient is the reference's (custom kernels have no VJP)."""
     if _build.gpu_backend() is None:
         return None
-    w = weights_from_module(moe)
-    k = moe.num_experts_per_tok
-    if w is None or kernel_supported(w, k, x.dtype) is not None:
+    key = _module_key(moe)
+    memo = moe.__dict__.get("_mm_memo")
+    if memo is None or memo.key != key:
+        memo = _Memo(key, weights_from_module(moe))
+        object.__setattr__(moe, "_mm_memo", memo)
+    w, k = memo.weights, moe.num_experts_per_tok
+    if w is None:
         return None
-    return moe_ffn(x, w, k)
+    if (k, x.dtype) not in memo.ok:
+        memo.ok[(k, x.dtype)] = kernel_supported(w, k, x.dtype) is None
+    if not memo.ok[(k, x.dtype)]:
+        return None
+
+    @mx.custom_function
+    def f(x):
+        return moe_ffn(x, w, k)
+
+    @f.vjp
+    def f_vjp(primals, cotangent, output):  # one primal: MLX passes the array itself
+        return mx.vjp(lambda v: moe_ffn_reference(v, w, k), [primals], [cotangent])[1][0]
+
+    return f(x)
