@@ -3,9 +3,10 @@
     python -m mlx_mobilemoe.export SRC OUT [--method rtn|mse]
 
 SRC is a float MobileMoE checkpoint (folder or Hugging Face id): post-training quantization
-by round-to-nearest (`rtn`, absmax / 7) or per-group MSE scale search (`mse`). Or SRC is a
-QAT state folder (written by the qat training stage, holds qat.json): its fake-quant
-integers and scales are written exactly, and --method does not apply.
+by round-to-nearest (`rtn`, absmax / 7) or per-group MSE scale search (`mse`). Or SRC holds
+QAT weights, a run folder of the train CLI's qat stage (float32 master in train_state/) or a
+`qat.save_qat` folder (qat.json): its fake-quant integers and scales are written exactly,
+and --method does not apply.
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ def export(model: Model, tokenizer, path, method: str = "rtn") -> Path:
 
 
 def is_qat_state(folder: Path) -> bool:
-    return (Path(folder) / qat.QAT_STATE).exists()
+    """A QAT state folder (qat.save_qat) or a qat training run (train_state of stage qat)."""
+    from .train.qat_stage import is_qat_run
+
+    return (Path(folder) / qat.QAT_STATE).exists() or is_qat_run(folder)
 
 
 def export_folder(src, out, method: str = "rtn") -> Path:
+    from .train.qat_stage import is_qat_run, load_qat_run
+
     folder = checkpoint.resolve(src)
-    if is_qat_state(folder):
+    if (folder / qat.QAT_STATE).exists():
         model = qat.load_qat(folder)
+    elif is_qat_run(folder):
+        model = load_qat_run(folder)
     else:
         model = checkpoint.load_model(folder)
         if model.args.is_quantized:

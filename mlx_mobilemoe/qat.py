@@ -79,6 +79,9 @@ class FakeQuantExpertLinear(FakeQuant):
         w = self.quantized_weight().astype(x.dtype)
         return mx.gather_mm(self._act(x), w, rhs_indices=indices, sorted_indices=sorted_indices)
 
+    def bmm(self, xe):  # xe (E, C, in): every expert at once (drop-and-pad training dispatch)
+        return self._act(xe) @ self.quantized_weight().astype(xe.dtype)
+
 
 class FakeQuantEmbedding(FakeQuant):
     """Tied [V, H] embedding, grouped along H: rows are quantized independently, so a

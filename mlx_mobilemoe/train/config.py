@@ -28,6 +28,12 @@ LORA_DEFAULTS = {
     "targets": ["attention", "experts"],  # also: "shared_expert"
 }
 
+QAT_DEFAULTS = {  # the qat stage (mlx_mobilemoe/train/qat_stage.py, docs/quantization.md)
+    "scales": "dynamic",  # "dynamic": absmax / 7 every step; "learned": LSQ log-scales
+    "init": "mse",  # learned scales start from the per-group MSE search ("rtn": absmax / 7)
+    "act_bits": 8,  # per-token dynamic INT8 fake quantization of linear inputs; 0 = off
+}
+
 # Defaults that differ by stage (applied under the YAML file).
 STAGE_DEFAULTS = {
     "pretrain": {"moe": {"dispatch": "drop"}},
@@ -36,6 +42,7 @@ STAGE_DEFAULTS = {
     # Adapters only: the base model's routing biases stay as they are.
     "lora": {"moe": {"dispatch": "dropless", "balance_gamma": 0.0}, "lr": 2e-4, "warmup": 10,
              "weight_decay": 0.0},
+    "qat": {"moe": {"dispatch": "dropless"}, "lr": 1e-4, "warmup": 10, "weight_decay": 0.0},
 }
 
 
@@ -79,6 +86,7 @@ class TrainConfig:
     compile: bool = True
     moe: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
+    qat: dict = field(default_factory=dict)
 
     @property
     def out_dir(self) -> Path:
@@ -95,7 +103,7 @@ class TrainConfig:
 def _merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k in ("moe", "lora"):
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k in ("moe", "lora", "qat"):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -124,21 +132,23 @@ def make_config(file_values: Optional[dict] = None, overrides=(), **kwargs) -> T
     stage = user.get("stage", "pretrain")
     if stage not in STAGE_DEFAULTS and stage not in _extra_stage_names():
         raise TrainConfigError(f"unknown stage {stage!r}")
-    values = {"moe": dict(MOE_DEFAULTS), "lora": dict(LORA_DEFAULTS)}
+    values = {"moe": dict(MOE_DEFAULTS), "lora": dict(LORA_DEFAULTS), "qat": dict(QAT_DEFAULTS)}
     values = _merge(values, STAGE_DEFAULTS.get(stage, {}))
     values = _merge(values, user)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise TrainConfigError(f"unknown setting(s): {', '.join(unknown)}")
-    for section, defaults in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS)):
+    for section, defaults in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS),
+                              ("qat", QAT_DEFAULTS)):
         bad = sorted(set(values[section]) - set(defaults))
         if bad:
             raise TrainConfigError(f"unknown {section} setting(s): {', '.join(bad)}")
     for k, v in values.items():
         default = _FIELD_DEFAULTS.get(k)
         values[k] = _coerce(v, default)
-    for section, defaults in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS)):
+    for section, defaults in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS),
+                              ("qat", QAT_DEFAULTS)):
         values[section] = {k: _coerce(v, defaults[k]) for k, v in values[section].items()}
     cfg = TrainConfig(**values)
     validate(cfg)

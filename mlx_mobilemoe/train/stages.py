@@ -264,3 +264,6 @@ def lora(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 STAGES = {"pretrain": pretrain, "midtrain": midtrain, "sft": sft, "lora": lora}
+
+from .qat_stage import qat  # noqa: E402  (issue 4; it uses the helpers above)
+STAGES["qat"] = qat
