@@ -13,18 +13,31 @@ let package = Package(
     targets: [
         .target(
             name: "MobileMoEKit",
-            path: "swift/MobileMoEKit/Sources/MobileMoEKit"
+            path: "swift/MobileMoEKit/Sources/MobileMoEKit",
+            // Kernel sources compiled at run time by the Metal backend (makeLibrary(source:)).
+            resources: [.copy("Kernels")]
         ),
         .executableTarget(
             name: "mobilemoe",
             dependencies: ["MobileMoEKit"],
             path: "swift/MobileMoEKit/Sources/mobilemoe"
         ),
+        // Tests only: runs the GPU kernels on the CPU (metal/mm_cpu.h) so the GPU forward pass
+        // is checked on machines without Metal.
+        .target(
+            name: "KernelEmulator",
+            path: "swift/MobileMoEKit/Tests/KernelEmulator",
+            cxxSettings: [
+                .headerSearchPath("../../../../metal"),
+                .headerSearchPath("../../Sources/MobileMoEKit/Kernels"),
+            ]
+        ),
         .testTarget(
             name: "MobileMoEKitTests",
-            dependencies: ["MobileMoEKit"],
+            dependencies: ["MobileMoEKit", "KernelEmulator"],
             path: "swift/MobileMoEKit/Tests/MobileMoEKitTests",
             exclude: ["Fixtures"]
         ),
-    ]
+    ],
+    cxxLanguageStandard: .cxx20
 )

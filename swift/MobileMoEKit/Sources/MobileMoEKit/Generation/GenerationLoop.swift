@@ -34,7 +34,11 @@ struct GenerationLoop {
         while offset < promptIds.count {
             if Task.isCancelled { return info(promptIds.count, generated, .cancelled, start, start, clock, k) }
             let end = min(promptIds.count, offset + max(parameters.prefillStepSize, 1))
-            logits = try session.forward(Array(promptIds[offset..<end]), expertsPerToken: k)
+            do {
+                logits = try session.forward(Array(promptIds[offset..<end]), expertsPerToken: k)
+            } catch is CancellationError {
+                return info(promptIds.count, generated, .cancelled, start, start, clock, k)
+            }
             offset = end
         }
         let prefillEnd = clock.now
@@ -50,7 +54,12 @@ struct GenerationLoop {
             if Task.isCancelled { reason = .cancelled; break }
             if session.position >= session.capacity { reason = .length; break }  // context full
             if generated.count % model.adaptiveCompute.refreshInterval == 0 { k = await expertsPerToken() }
-            logits = try session.forward([token], expertsPerToken: k)
+            do {
+                logits = try session.forward([token], expertsPerToken: k)
+            } catch is CancellationError {  // a GPU executor refused to submit
+                reason = .cancelled
+                break
+            }
         }
         let rest = decoder.finish()
         if !rest.isEmpty { onText(rest) }

@@ -77,13 +77,13 @@ public final class MobileMoEModel: @unchecked Sendable {
             return CPUBackend(weights: weights)
         case .metal:
             #if canImport(Metal)
-            return try MetalBackend(weights: weights)
+            return try GPUBackend.metal(weights: weights)
             #else
             throw InferenceError.backendUnavailable("Metal is not available on this platform")
             #endif
         case .automatic:
             #if canImport(Metal)
-            if weights.config.isQuantized, let metal = try? MetalBackend(weights: weights) { return metal }
+            if let metal = try? GPUBackend.metal(weights: weights) { return metal }
             #endif
             return CPUBackend(weights: weights)
         }
