@@ -42,7 +42,8 @@ STAGE_DEFAULTS = {
     # Adapters only: the base model's routing biases stay as they are.
     "lora": {"moe": {"dispatch": "dropless", "balance_gamma": 0.0}, "lr": 2e-4, "warmup": 10,
              "weight_decay": 0.0},
-    "qat": {"moe": {"dispatch": "dropless"}, "lr": 1e-4, "warmup": 10, "weight_decay": 0.0},
+    "qat": {"moe": {"dispatch": "dropless", "balance_gamma": 0.0}, "lr": 1e-4, "warmup": 10,
+            "weight_decay": 0.0},
 }
 
 
