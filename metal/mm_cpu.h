@@ -21,6 +21,7 @@
 #define MM_THREAD
 #define MM_BARRIER() mm_emu::block_barrier()
 #define MM_UNROLL
+#define MM_UNROLL4
 
 typedef _Float16 mm_half;
 
@@ -60,6 +61,11 @@ void launch(int nblocks, int nthreads, F&& body) {
 MM_FN float mm_f32(float v) { return v; }
 MM_FN float mm_f32(_Float16 v) { return static_cast<float>(v); }
 template <typename T> MM_FN T mm_to(float v) { return static_cast<T>(v); }
+struct mm_float4 { float x, y, z, w; };
+MM_FN mm_float4 mm_ld4(const MM_GLOBAL float* p) {
+  mm_float4 r; r.x = p[0]; r.y = p[1]; r.z = p[2]; r.w = p[3];
+  return r;
+}
 MM_FN float mm_exp(float v) { return std::exp(v); }
 
 MM_FN float mm_simd_sum(float v) {

@@ -12,6 +12,7 @@
 #define MM_THREAD
 #define MM_BARRIER() __syncthreads()
 #define MM_UNROLL _Pragma("unroll")
+#define MM_UNROLL4 _Pragma("unroll 4")  // partial unroll of a runtime-bound loop
 
 MM_FN float mm_f32(float v) { return v; }
 MM_FN float mm_f32(__half v) { return __half2float(v); }
@@ -22,6 +23,12 @@ template <> struct mm_cvt<__nv_bfloat16> {
   static MM_FN __nv_bfloat16 f(float v) { return __float2bfloat16(v); }
 };
 template <typename T> MM_FN T mm_to(float v) { return mm_cvt<T>::f(v); }
+struct mm_float4 { float x, y, z, w; };
+MM_FN mm_float4 mm_ld4(const MM_GLOBAL float* p) {  // 16-byte aligned
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  mm_float4 r; r.x = v.x; r.y = v.y; r.z = v.z; r.w = v.w;
+  return r;
+}
 MM_FN float mm_exp(float v) { return expf(v); }
 
 // Warp (32 lanes) reductions and shuffles; every lane of the warp must take part.

@@ -21,7 +21,7 @@
 //   rw           router.weight [E, H] float32;  eb  expert_bias [E] as float32 (the file has BF16)
 // Without a shared expert set dims[3] = 0 and bind any buffer to the shared slots.
 // dims: int32[16] = {T, H, I, S, E, K, norm_topk_prob, 0...};  fp: float32[8] = {routed_scaling_factor, 0...}
-// Limits: E <= 256, K <= 8, K <= E; H, I, S multiples of 32.
+// Limits: E <= 256, K <= 8, K <= E, H <= 2048; H, I, S multiples of 32.
 //
 // Decode (T small, e.g. T <= 8): two launches.
 //   moe_gate_up_decode  x[T,H] rw eb gu_w gu_s sg_w sg_s su_w su_s dims fp
@@ -36,7 +36,7 @@
 //   moe_down_prefill    h hs sel selw dn_w dn_s sd_w sd_s dims -> ys float[T*K, H], ysh float[T, H]
 //                       groups = (E + ceil(T / 32)) * ceil(H / 128)   (E * ceil(H / 128) if S = 0)
 //   moe_combine         ys ysh dims -> y[T, H];  groups = ceil(T * H / 256)
-// Threadgroup memory is declared inside each kernel (at most ~22 KB).
+// Threadgroup memory is declared inside each kernel (at most ~25 KB).
 #include "mm_metal.h"
 #include "moe_common.h"
 #include "moe_decode.h"
@@ -56,11 +56,12 @@ template <typename T>
     const device float* fp [[buffer(10)]], device float* h [[buffer(11)]],
     device float* hs [[buffer(12)]], device int* sel [[buffer(13)]],
     device float* selw [[buffer(14)]], MM_IDS) {
+  threadgroup float mm_xs[MM_MAX_H];
   threadgroup float mm_red[MM_DEC_RED];
   threadgroup float mm_scores[MM_MAX_E];
   threadgroup int mm_ch[MM_MAX_K];
   mm_moe_gate_up_decode<T, half, true>(x, rw, eb, gu_w, gu_s, sg_w, sg_s, su_w, su_s, dims, fp, h,
-                                       hs, sel, selw, mm_red, mm_scores, mm_ch, mm_tid3.x,
+                                       hs, sel, selw, mm_xs, mm_red, mm_scores, mm_ch, mm_tid3.x,
                                        mm_gid3.x, mm_lane, mm_warp);
 }
 

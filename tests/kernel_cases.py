@@ -29,7 +29,7 @@ KS = tuple(range(1, 9))
 # Relative error ||out - ref|| / ||ref|| allowed, per op and activation dtype. Kernels keep
 # float32 intermediates; the reference rounds them to the activation dtype.
 TOL = {
-    ("moe_ffn", "float32"): 2e-5,
+    ("moe_ffn", "float32"): 1e-4,  # MLX CUDA gather_qmm (T > 1) is ~1e-5 off exact f32
     ("moe_ffn", "float16"): 3e-3,
     ("route_weights", "float32"): 1e-6,
 }

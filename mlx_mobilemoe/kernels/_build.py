@@ -58,15 +58,15 @@ def reference_forced() -> bool:
     return os.environ.get("MLX_MOBILEMOE_REFERENCE", "0") not in ("", "0")
 
 
+_GPU = "metal" if mx.metal.is_available() else (
+    "cuda" if hasattr(mx, "cuda") and mx.cuda.is_available() else None)
+
+
 def gpu_backend() -> Optional[str]:
     """'metal' or 'cuda' when the default device is a GPU that can run custom kernels."""
-    if reference_forced() or mx.default_device() != mx.gpu:
+    if _GPU is None or reference_forced() or mx.default_device() != mx.gpu:
         return None
-    if mx.metal.is_available():
-        return "metal"
-    if hasattr(mx, "cuda") and mx.cuda.is_available():
-        return "cuda"
-    return None
+    return _GPU
 
 
 def register_backend(name: str, factory: Callable, prologue: str, shim: str) -> None:

@@ -145,6 +145,8 @@ def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
         return "weights are not packed uint32"
     if H % GROUP or I % GROUP or S % GROUP:
         return "H, I, S must be multiples of 32"
+    if H > _D["MM_MAX_H"]:
+        return f"H={H} > {_D['MM_MAX_H']}"
     if not 8 <= E <= _D["MM_MAX_E"] or not 1 <= k <= min(_D["MM_MAX_K"], E):
         return f"E={E}, k={k} outside 8..{_D['MM_MAX_E']}, 1..{_D['MM_MAX_K']}"
     if w.router.dtype != mx.float32 or w.expert_bias.dtype != mx.float32:
@@ -174,11 +176,12 @@ def _cdiv(a, b):
 
 
 _GATE_UP_DECODE = """
+MM_SHARED_DECL float mm_xs[MM_MAX_H];
 MM_SHARED_DECL float mm_red[MM_DEC_RED];
 MM_SHARED_DECL float mm_scores[MM_MAX_E];
 MM_SHARED_DECL int mm_ch[MM_MAX_K];
 mm_moe_gate_up_decode<T, ST, OFFICIAL>(x, rw, eb, gu_w, gu_s, sg_w, sg_s, su_w, su_s, dims, fp,
-    h, hs, sel, selw, mm_red, mm_scores, mm_ch, mm_tid, mm_gid, mm_lane, mm_warp);
+    h, hs, sel, selw, mm_xs, mm_red, mm_scores, mm_ch, mm_tid, mm_gid, mm_lane, mm_warp);
 """
 _DOWN_DECODE = """
 MM_SHARED_DECL float mm_red[MM_DEC_RED];
@@ -229,7 +232,7 @@ def _k(backend, name):
 
 
 def _decode(x2, w: MoEWeights, k: int, backend: str, official: bool):
-    T = x2.shape[0]
+    T = x2.size // x2.shape[-1]  # x2 (..., H): the kernels index it flat
     H, I, S, E = w.dims
     dims, fp, sh = _common(w, T, k)
     st = w.gate_up.scales.dtype
@@ -245,12 +248,12 @@ def _decode(x2, w: MoEWeights, k: int, backend: str, official: bool):
     (y,) = _build.launch(
         _k(backend, "down_decode"),
         [h, hs, sel, selw, w.down.weight, w.down.scales, *sh[4:], dims],
-        [((T, H), x2.dtype)], g2, tpl)
+        [(x2.shape, x2.dtype)], g2, tpl)
     return y
 
 
 def _prefill(x2, w: MoEWeights, k: int, backend: str, official: bool):
-    T = x2.shape[0]
+    T = x2.size // x2.shape[-1]
     H, I, S, E = w.dims
     dims, fp, sh = _common(w, T, k)
     st = w.gate_up.scales.dtype
@@ -270,7 +273,7 @@ def _prefill(x2, w: MoEWeights, k: int, backend: str, official: bool):
         [h, hs, sel, selw, w.down.weight, w.down.scales, *sh[4:], dims],
         [((T * k, H), mx.float32), ((T, H) if S else (8,), mx.float32)], g,
         [("ST", st), ("OFFICIAL", official)])
-    (y,) = _build.launch(_k(backend, "combine"), [ys, ysh, dims], [((T, H), x2.dtype)],
+    (y,) = _build.launch(_k(backend, "combine"), [ys, ysh, dims], [(x2.shape, x2.dtype)],
                          _cdiv(T * H, _build.THREADS), [("T", x2.dtype)])
     return y
 
@@ -286,12 +289,10 @@ def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
         if official:
             raise ValueError("the reference reads MLX's layout only")
         return moe_ffn_reference(x, w, k)
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
     if path == "auto":
-        path = "decode" if x2.shape[0] <= DECODE_MAX_TOKENS else "prefill"
+        path = "decode" if x.size <= DECODE_MAX_TOKENS * x.shape[-1] else "prefill"
     run = {"decode": _decode, "prefill": _prefill}[path]
-    return run(x2, w, k, backend, official).reshape(shape)
+    return run(x, w, k, backend, official)  # same shape as x
 
 
 # --- the model's MoE module -------------------------------------------------------------
@@ -301,7 +302,7 @@ class _Memo:
     module's arrays, keyed by their identities, and which (k, dtype) the kernels support."""
 
     def __init__(self, key, weights):
-        self.key, self.weights, self.ok = key, weights, {}
+        self.key, self.weights, self.ok, self.fns = key, weights, {}, {}
 
 
 def _qw(mod) -> Optional[QWeight]:
@@ -362,7 +363,12 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
         memo.ok[(k, x.dtype)] = kernel_supported(w, k, x.dtype) is None
     if not memo.ok[(k, x.dtype)]:
         return None
+    if k not in memo.fns:
+        memo.fns[k] = _with_reference_vjp(w, k)
+    return memo.fns[k](x)
 
+
+def _with_reference_vjp(w: MoEWeights, k: int):
     @mx.custom_function
     def f(x):
         return moe_ffn(x, w, k)
@@ -371,4 +377,4 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
     def f_vjp(primals, cotangent, output):  # one primal: MLX passes the array itself
         return mx.vjp(lambda v: moe_ffn_reference(v, w, k), [primals], [cotangent])[1][0]
 
-    return f(x)
+    return f
