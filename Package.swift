@@ -28,8 +28,9 @@ let package = Package(
             name: "KernelEmulator",
             path: "swift/MobileMoEKit/Tests/KernelEmulator",
             cxxSettings: [
-                .headerSearchPath("../../../../metal"),
+                // the shipped copies of the bodies first; metal/ only for mm_cpu.h
                 .headerSearchPath("../../Sources/MobileMoEKit/Kernels"),
+                .headerSearchPath("../../../../metal"),
             ]
         ),
         .testTarget(

@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="$root/swift/MobileMoEKit/Sources/MobileMoEKit/Kernels"
-for f in mm_metal.h moe_common.h moe_decode.h moe_prefill.h; do
+for f in mm_metal.h moe_common.h moe_decode.h moe_prefill.h moe_kernels.metal; do
   cp "$root/metal/$f" "$dest/$f"
 done
-echo "copied metal/{mm_metal.h,moe_common.h,moe_decode.h,moe_prefill.h} to ${dest#$root/}"
+echo "copied metal/{mm_metal.h,moe_common.h,moe_decode.h,moe_prefill.h,moe_kernels.metal} to ${dest#$root/}"

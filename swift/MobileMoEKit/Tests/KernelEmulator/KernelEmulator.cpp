@@ -1,8 +1,9 @@
 // Runs the GPU kernels of MobileMoEKit on the CPU through metal/mm_cpu.h (one std::thread per
 // GPU thread, one threadgroup at a time), with the same bodies the Metal backend compiles: the
 // copies of metal/ in Sources/MobileMoEKit/Kernels and mobilemoe_ops.h. Each case below is the
-// CPU twin of one Metal entry point (Metal/MetalEntryPoints.swift): same buffers, same order,
-// same threadgroup memory, so the host code (GPU/GPUForwardPlan.swift) is tested as it runs.
+// CPU twin of one Metal entry point (Model/GPU/KernelSources.swift, Kernels/moe_kernels.metal):
+// same buffers in the same order, same threadgroup memory, so the host code
+// (Model/GPU/GPUForwardPlan.swift) is tested as it runs.
 #include "KernelEmulator.h"
 
 #include "mm_cpu.h"
@@ -68,12 +69,12 @@ typedef mm_half H16;
 
 #define BUF(i, T) (static_cast<T>(b[i]))
 
-extern "C" int mme_launch(const char *name, void *const *b, int32_t count, const int32_t *dims,
-                          const float *fp, int32_t groups) {
-  (void)count;
+extern "C" int mme_launch(const char *name, void *const *b, int32_t count, int32_t groups) {
   auto is = [name](const char *n) { return std::strcmp(name, n) == 0; };
   auto run = [groups](auto &&body) { pool().launch(groups, body); };
-  const int *d = reinterpret_cast<const int *>(dims);
+  // mobilemoe_ops.h entry points: buffers, then dims and fp (the last two arguments).
+  const int *d = BUF(count - 2, const int *);
+  const float *fp = BUF(count - 1, const float *);
 
   if (is("mobilemoe_embed")) {
     run([&] { mo_embed<H16>(BUF(0, const int *), BUF(1, const uint32_t *), BUF(2, const H16 *), BUF(3, float *), d, tid, gid); });
@@ -95,30 +96,36 @@ extern "C" int mme_launch(const char *name, void *const *b, int32_t count, const
     });
   } else if (is("mobilemoe_add")) {
     run([&] { mo_add(BUF(0, float *), BUF(1, const float *), d, tid, gid); });
-  } else if (is("mobilemoe_moe_gate_up_decode")) {
+  }
+  // metal/moe_kernels.metal entry points (float32 activations), buffers in their order.
+  else if (is("moe_gate_up_decode_f32")) {
     run([&] {
+      MM_SHARED_DECL float xs[MM_MAX_H];
       MM_SHARED_DECL float red[MM_DEC_RED];
       MM_SHARED_DECL float scores[MM_MAX_E];
       MM_SHARED_DECL int ch[MM_MAX_K];
       mm_moe_gate_up_decode<float, H16, true>(
           BUF(0, const float *), BUF(1, const float *), BUF(2, const float *), BUF(3, const uint32_t *), BUF(4, const H16 *),
-          BUF(5, const uint32_t *), BUF(6, const H16 *), BUF(7, const uint32_t *), BUF(8, const H16 *), d, fp,
-          BUF(9, float *), BUF(10, float *), BUF(11, int *), BUF(12, float *), red, scores, ch, tid, gid, lane, warp);
+          BUF(5, const uint32_t *), BUF(6, const H16 *), BUF(7, const uint32_t *), BUF(8, const H16 *), BUF(9, const int *),
+          BUF(10, const float *), BUF(11, float *), BUF(12, float *), BUF(13, int *), BUF(14, float *), xs, red, scores, ch,
+          tid, gid, lane, warp);
     });
-  } else if (is("mobilemoe_moe_down_decode")) {
+  } else if (is("moe_down_decode_f32")) {
     run([&] {
       MM_SHARED_DECL float red[MM_DEC_RED];
       MM_SHARED_DECL float sh[MM_CT * 8];
       mm_moe_down_decode<float, H16, true>(
           BUF(0, const float *), BUF(1, const float *), BUF(2, const int *), BUF(3, const float *), BUF(4, const uint32_t *),
-          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), d, BUF(8, float *), red, sh, tid, gid, lane, warp);
+          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), BUF(8, const int *), BUF(9, float *), red, sh,
+          tid, gid, lane, warp);
     });
-  } else if (is("mobilemoe_moe_route")) {
+  } else if (is("moe_route_f32")) {
     run([&] {
       MM_SHARED_DECL float scores[MM_NW * MM_MAX_E];
-      mm_moe_route<float>(BUF(0, const float *), BUF(1, const float *), BUF(2, const float *), d, fp, BUF(3, int *), BUF(4, float *), scores, gid, lane, warp);
+      mm_moe_route<float>(BUF(0, const float *), BUF(1, const float *), BUF(2, const float *), BUF(3, const int *),
+                          BUF(4, const float *), BUF(5, int *), BUF(6, float *), scores, gid, lane, warp);
     });
-  } else if (is("mobilemoe_moe_gate_up_prefill")) {
+  } else if (is("moe_gate_up_prefill_f32")) {
     run([&] {
       MM_SHARED_DECL float as[MM_AS_SIZE];
       MM_SHARED_DECL float bs[MM_BS_SIZE];
@@ -126,10 +133,10 @@ extern "C" int mme_launch(const char *name, void *const *b, int32_t count, const
       MM_SHARED_DECL int tmp[MM_NW + 1];
       mm_moe_gate_up_prefill<float, H16, true>(
           BUF(0, const float *), BUF(1, const int *), BUF(2, const uint32_t *), BUF(3, const H16 *), BUF(4, const uint32_t *),
-          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), d, BUF(8, float *), BUF(9, float *), as, bs, list,
-          tmp, tid, gid, lane, warp);
+          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), BUF(8, const int *), BUF(9, float *),
+          BUF(10, float *), as, bs, list, tmp, tid, gid, lane, warp);
     });
-  } else if (is("mobilemoe_moe_down_prefill")) {
+  } else if (is("moe_down_prefill")) {
     run([&] {
       MM_SHARED_DECL float as[MM_AS_SIZE];
       MM_SHARED_DECL float bs[MM_BS_SIZE];
@@ -137,11 +144,11 @@ extern "C" int mme_launch(const char *name, void *const *b, int32_t count, const
       MM_SHARED_DECL int tmp[MM_NW + 1];
       mm_moe_down_prefill<H16, true>(
           BUF(0, const float *), BUF(1, const float *), BUF(2, const int *), BUF(3, const float *), BUF(4, const uint32_t *),
-          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), d, BUF(8, float *), BUF(9, float *), as, bs, list,
-          tmp, tid, gid, lane, warp);
+          BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), BUF(8, const int *), BUF(9, float *),
+          BUF(10, float *), as, bs, list, tmp, tid, gid, lane, warp);
     });
-  } else if (is("mobilemoe_moe_combine")) {
-    run([&] { mm_moe_combine<float>(BUF(0, const float *), BUF(1, const float *), d, BUF(2, float *), tid, gid); });
+  } else if (is("moe_combine_f32")) {
+    run([&] { mm_moe_combine<float>(BUF(0, const float *), BUF(1, const float *), BUF(2, const int *), BUF(3, float *), tid, gid); });
   } else {
     return -1;
   }

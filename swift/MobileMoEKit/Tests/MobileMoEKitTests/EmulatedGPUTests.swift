@@ -47,7 +47,8 @@ final class EmulatorExecutor: KernelExecutor {
 
     deinit { (Array(scratch.values) + keys + values).forEach { $0.deallocate() } }
 
-    func resolve(_ b: Binding) -> UnsafeMutableRawPointer {
+    /// Memory of a binding; .dims/.fp point into `params` (the launch's own arrays).
+    func resolve(_ b: Binding, params: (dims: UnsafeRawPointer, fp: UnsafeRawPointer)) -> UnsafeMutableRawPointer {
         let base: UnsafeMutableRawPointer
         switch b.ref {
         case let .tensor(name): base = UnsafeMutableRawPointer(mutating: platform.tensors[name]!.data)
@@ -55,6 +56,8 @@ final class EmulatorExecutor: KernelExecutor {
         case let .scratch(s): base = scratch[s]!
         case let .keys(l): base = keys[l]
         case let .values(l): base = values[l]
+        case .dims: base = UnsafeMutableRawPointer(mutating: params.dims)
+        case .fp: base = UnsafeMutableRawPointer(mutating: params.fp)
         }
         return base + b.offset
     }
@@ -66,8 +69,12 @@ final class EmulatorExecutor: KernelExecutor {
     func run(_ launches: [KernelLaunch]) throws {
         if Task.isCancelled { throw CancellationError() }
         for l in launches {
-            let ptrs: [UnsafeMutableRawPointer?] = l.bindings.map(resolve)
-            let rc = mme_launch(l.kernel, ptrs, Int32(ptrs.count), l.dims, l.fp, Int32(l.groups))
+            let rc = l.dims.withUnsafeBytes { dims in
+                l.fp.withUnsafeBytes { fp in
+                    let ptrs: [UnsafeMutableRawPointer?] = l.bindings.map { resolve($0, params: (dims.baseAddress!, fp.baseAddress!)) }
+                    return mme_launch(l.kernel, ptrs, Int32(ptrs.count), Int32(l.groups))
+                }
+            }
             guard rc == 0 else { throw InferenceError.backendUnavailable("emulator has no kernel \(l.kernel)") }
             launchCount += 1
         }

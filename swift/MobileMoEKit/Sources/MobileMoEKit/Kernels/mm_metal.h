@@ -16,10 +16,17 @@ using namespace metal;
 #define MM_THREAD thread           // address space of pointers to a thread's registers
 #define MM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define MM_UNROLL _Pragma("clang loop unroll(full)")
+#define MM_UNROLL4 _Pragma("clang loop unroll_count(4)")  // partial unroll of a runtime-bound loop
 
 MM_FN float mm_f32(float v) { return v; }
 MM_FN float mm_f32(half v) { return float(v); }
 template <typename T> MM_FN T mm_to(float v) { return static_cast<T>(v); }
+struct mm_float4 { float x, y, z, w; };
+MM_FN mm_float4 mm_ld4(const MM_GLOBAL float* p) {  // 16-byte aligned
+  const float4 v = *reinterpret_cast<const MM_GLOBAL float4*>(p);
+  mm_float4 r; r.x = v.x; r.y = v.y; r.z = v.z; r.w = v.w;
+  return r;
+}
 MM_FN float mm_exp(float v) { return metal::exp(v); }
 
 // SIMD-group (32 lanes on every Apple GPU) reductions and shuffles.

@@ -16,6 +16,7 @@
 #define MM_CT 4                 // launch 2: output words (32 columns) per threadgroup
 #define MM_DRS (MM_NT / MM_CT)  // launch 2: row splits of the routed K*I rows
 #define MM_DEC_RED (MM_NT * 16) // floats of threadgroup scratch either launch needs
+#define MM_MAX_H 2048          // launch 1 stages x in threadgroup memory
 
 MM_FN int mm_gate_up_decode_groups(int K, int I, int S) {
   const int routed = (K * (I / 8) + MM_PT - 1) / MM_PT;
@@ -36,7 +37,7 @@ MM_FN void mm_moe_gate_up_decode(
     const MM_GLOBAL uint32_t* su_w, const MM_GLOBAL ST* su_s,
     const MM_GLOBAL int* dims, const MM_GLOBAL float* fp,
     MM_GLOBAL float* h, MM_GLOBAL float* hs, MM_GLOBAL int* sel, MM_GLOBAL float* selw,
-    MM_SHARED float* red, MM_SHARED float* scores, MM_SHARED int* ch_e,
+    MM_SHARED float* xs, MM_SHARED float* red, MM_SHARED float* scores, MM_SHARED int* ch_e,
     uint32_t tid, uint32_t gid, uint32_t lane, uint32_t warp) {
   const int T_ = dims[MM_D_T], H = dims[MM_D_H], I = dims[MM_D_I], S = dims[MM_D_S];
   const int E = dims[MM_D_E], K = dims[MM_D_K];
@@ -45,9 +46,11 @@ MM_FN void mm_moe_gate_up_decode(
   const int t = int(gid) / per_tok, j = int(gid) % per_tok;
   if (t >= T_) return;
   const MM_GLOBAL T* xt = x + uint32_t(t) * uint32_t(H);
+  for (int h = int(tid); h < H; h += MM_NT) xs[h] = mm_f32(xt[h]);
+  MM_BARRIER();
 
   if (j < R) {
-    mm_route_scores(xt, 1, rw, H, E, scores, lane, warp);
+    mm_route_scores(xs, 1, rw, H, E, scores, lane, warp);
     if (warp == 0) {
       const mm_choice c = mm_topk(scores, eb, E, K, dims[MM_D_NORM] != 0, fp[MM_F_RSF], lane);
       if (int(lane) < K) {
@@ -71,10 +74,10 @@ MM_FN void mm_moe_gate_up_decode(
       const uint32_t ldw = uint32_t(I / 4), lds = uint32_t(I / 16);  // gate_up row: 2I values
       const MM_GLOBAL uint32_t* wp = gu_w + e * uint32_t(H) * ldw + uint32_t(w);
       const MM_GLOBAL ST* sp = gu_s + e * uint32_t(H) * lds + uint32_t(w / 4);
-      for (int hh = rs; hh < H; hh += MM_RS) {
+      MM_UNROLL4 for (int hh = rs; hh < H; hh += MM_RS) {
         const uint32_t qg = mm_word<OFFICIAL>(wp, uint32_t(hh) * ldw);
         const uint32_t qu = mm_word<OFFICIAL>(wp, uint32_t(hh) * ldw + uint32_t(IW));
-        const float xv = mm_f32(xt[hh]);
+        const float xv = xs[hh];
         const float cg = xv * mm_f32(sp[uint32_t(hh) * lds]);
         const float cu = xv * mm_f32(sp[uint32_t(hh) * lds + uint32_t(I / 32)]);
         MM_UNROLL for (int i = 0; i < 8; ++i) {
@@ -107,9 +110,9 @@ MM_FN void mm_moe_gate_up_decode(
     const int row0 = (j - R) * MM_RPB + int(warp) * MM_RPW;
     float ga[MM_RPW], ua[MM_RPW];
     MM_UNROLL for (int q = 0; q < MM_RPW; ++q) ga[q] = ua[q] = 0.0f;
-    for (int w = int(lane); w < HW; w += 32) {
+    MM_UNROLL4 for (int w = int(lane); w < HW; w += 32) {
       float xv[8];
-      MM_UNROLL for (int i = 0; i < 8; ++i) xv[i] = mm_f32(xt[w * 8 + i]);
+      MM_UNROLL for (int i = 0; i < 8; ++i) xv[i] = xs[w * 8 + i];
       MM_UNROLL for (int q = 0; q < MM_RPW; ++q) {
         const int n = row0 + q;
         if (n < S) {
@@ -169,7 +172,7 @@ MM_FN void mm_moe_down_decode(
       const MM_GLOBAL float* hr = h + slot * uint32_t(I);
       const MM_GLOBAL uint32_t* wp = dn_w + e * uint32_t(I) * uint32_t(HW) + uint32_t(wcol);
       const MM_GLOBAL ST* sp = dn_s + e * uint32_t(I) * uint32_t(HG) + uint32_t(wcol / 4);
-      for (int i0 = rs; i0 < I; i0 += MM_DRS) {
+      MM_UNROLL4 for (int i0 = rs; i0 < I; i0 += MM_DRS) {
         const uint32_t q = mm_word<OFFICIAL>(wp, uint32_t(i0) * uint32_t(HW));
         const float cz = wr * hr[i0] * mm_f32(sp[uint32_t(i0) * uint32_t(HG)]);
         MM_UNROLL for (int i = 0; i < 8; ++i) acc[i] += cz * mm_nib(q, i);
@@ -183,7 +186,7 @@ MM_FN void mm_moe_down_decode(
     const MM_GLOBAL float* hst = hs + uint32_t(t) * uint32_t(S);
     float sa[4];
     MM_UNROLL for (int q = 0; q < 4; ++q) sa[q] = 0.0f;
-    for (int w = int(lane); w < SW; w += 32) {
+    MM_UNROLL4 for (int w = int(lane); w < SW; w += 32) {
       float hv[8];
       MM_UNROLL for (int i = 0; i < 8; ++i) hv[i] = hst[w * 8 + i];
       MM_UNROLL for (int q = 0; q < 4; ++q) {

@@ -96,8 +96,11 @@ final class MetalExecutor: KernelExecutor {
         Array(UnsafeBufferPointer(start: scratch[buffer]!.contents().assumingMemoryBound(to: Float.self), count: count))
     }
 
-    private func resolve(_ b: Binding) -> (MTLBuffer, Int) {
+    /// The buffer and offset of a binding; .dims/.fp are the launch's parameter slot.
+    private func resolve(_ b: Binding, slot: Int) -> (MTLBuffer, Int) {
         switch b.ref {
+        case .dims: return (params, slot)
+        case .fp: return (params, slot + 64)
         case let .tensor(name):
             let (buffer, offset) = platform.weights.location(of: name)
             return (buffer, offset + b.offset)
@@ -128,11 +131,9 @@ final class MetalExecutor: KernelExecutor {
             launch.fp.withUnsafeBytes { (slots + slot + 64).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             encoder.setComputePipelineState(platform.pipelines[launch.kernel]!)
             for (index, binding) in launch.bindings.enumerated() {
-                let (buffer, offset) = resolve(binding)
+                let (buffer, offset) = resolve(binding, slot: slot)
                 encoder.setBuffer(buffer, offset: offset, index: index)
             }
-            encoder.setBuffer(params, offset: slot, index: launch.bindings.count)
-            encoder.setBuffer(params, offset: slot + 64, index: launch.bindings.count + 1)
             encoder.dispatchThreadgroups(MTLSize(width: launch.groups, height: 1, depth: 1), threadsPerThreadgroup: threads)
         }
         encoder.endEncoding()

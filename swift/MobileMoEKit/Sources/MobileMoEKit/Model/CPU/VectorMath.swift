@@ -1,9 +1,15 @@
 // Float32 vector primitives of the CPU reference: dot, axpy, RMS norm, SiLU, softmax.
-// SIMD8 accumulators keep release builds vectorized; all sums are in Float.
+// SIMD8 accumulators keep release builds vectorized; all sums are in Float. Debug builds
+// (plain `swift run`) take scalar loops: unoptimized generic SIMD code is ~10x slower still.
 import Foundation
 
 @inline(__always)
 func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    #if DEBUG
+    var s: Float = 0
+    for i in 0..<n { s += a[i] * b[i] }
+    return s
+    #else
     var acc = SIMD8<Float>(repeating: 0)
     var i = 0
     let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
@@ -15,11 +21,15 @@ func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Floa
     var s = acc.sum()
     while i < n { s += a[i] * b[i]; i += 1 }
     return s
+    #endif
 }
 
 /// y += alpha * x
 @inline(__always)
 func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    #if DEBUG
+    for i in 0..<n { y[i] += alpha * x[i] }
+    #else
     var i = 0
     let a = SIMD8<Float>(repeating: alpha)
     let rx = UnsafeRawPointer(x), ry = UnsafeMutableRawPointer(y)
@@ -30,6 +40,7 @@ func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<F
         i += 8
     }
     while i < n { y[i] += alpha * x[i]; i += 1 }
+    #endif
 }
 
 /// x * rsqrt(mean(x^2) + eps) * weight (weight nil: the weightless qk-norm), in place.

@@ -1,8 +1,8 @@
 // port of mlx_mobilemoe/model.py (Model.__call__ with a KV cache) as the launch sequence of the
 // GPU backends: per layer rmsnorm, q/k/v INT4 linears (k and v written straight into the
 // cache), RoPE + qk-norm, attention, o_proj added into the residual, rmsnorm, the fused MoE
-// (metal/moe_decode.h for <= 8 tokens, metal/moe_prefill.h above), residual add; then the
-// final norm of the last row and the tied-embedding logits.
+// (metal/moe_kernels.metal entry points: 2 decode launches for <= 8 tokens, 4 prefill launches
+// above), residual add; then the final norm of the last row and the tied-embedding logits.
 
 struct QuantRef {
     let words: BufferRef    // packed int4 bytes read as uint32 words
@@ -31,6 +31,7 @@ struct GPUForwardPlan {
         }
         if (c.numAttentionHeads * c.headDim) % 32 != 0 { return "num_attention_heads * head_dim must be a multiple of 32" }
         if c.headDim > KernelGeometry.maxHeadDim { return "head_dim \(c.headDim) > \(KernelGeometry.maxHeadDim)" }
+        if c.hiddenSize > KernelGeometry.maxHidden { return "hidden_size \(c.hiddenSize) > \(KernelGeometry.maxHidden)" }
         if c.numLocalExperts < 8 || c.numLocalExperts > KernelGeometry.maxExperts {
             return "num_local_experts \(c.numLocalExperts) outside 8...\(KernelGeometry.maxExperts)"
         }
@@ -84,21 +85,24 @@ struct GPUForwardPlan {
     /// The launches of one step: `T` tokens (already in .tokens) at cache position `pos0`.
     func launches(tokens T: Int, position pos0: Int, expertsPerToken k: Int) -> [KernelLaunch] {
         let c = config, H = c.hiddenSize, D = c.headDim, nH = c.numAttentionHeads, nKV = c.numKeyValueHeads
-        let eps = c.rmsNormEps
+        let eps = c.rmsNormEps, g = KernelGeometry.self
         var out: [KernelLaunch] = []
         func b(_ r: BufferRef, _ offset: Int = 0) -> Binding { Binding(ref: r, offset: offset) }
         func s(_ x: Scratch, _ offset: Int = 0) -> Binding { Binding(ref: .scratch(x), offset: offset) }
+        /// A mobilemoe_ops.h kernel: its buffers, then dims and fp.
+        func op(_ name: String, _ buffers: [Binding], dims: [Int], fp: [Float] = [], groups: Int) {
+            out.append(KernelLaunch(name, buffers + [b(.dims), b(.fp)], dims: dims, fp: fp, groups: groups))
+        }
         func linear(_ x: Binding, _ w: QuantRef, _ y: Binding, rows: Int, in inDim: Int, out outDim: Int, accumulate: Bool = false) {
-            out.append(KernelLaunch("mobilemoe_linear", [x, b(w.words), b(w.scales), y],
-                                    dims: [rows, inDim, outDim, accumulate ? 1 : 0],
-                                    groups: ceilDiv(outDim, KernelGeometry.simdGroups) * ceilDiv(rows, KernelGeometry.linearTokens)))
+            op("mobilemoe_linear", [x, b(w.words), b(w.scales), y], dims: [rows, inDim, outDim, accumulate ? 1 : 0],
+               groups: ceilDiv(outDim, g.simdGroups) * ceilDiv(rows, g.linearTokens))
         }
         func rmsnorm(_ x: Binding, _ w: BufferRef?, _ y: Binding, rows: Int, n: Int) {
-            out.append(KernelLaunch("mobilemoe_rmsnorm", [x, b(w ?? .constant("zeros")), y], dims: [rows, n, w == nil ? 0 : 1], fp: [eps], groups: rows))
+            op("mobilemoe_rmsnorm", [x, b(w ?? .constant("zeros")), y], dims: [rows, n, w == nil ? 0 : 1], fp: [eps], groups: rows)
         }
 
-        out.append(KernelLaunch("mobilemoe_embed", [s(.tokens), b(embedding.words), b(embedding.scales), s(.h)],
-                                dims: [T, H], groups: ceilDiv(T * H, KernelGeometry.threads)))
+        op("mobilemoe_embed", [s(.tokens), b(embedding.words), b(embedding.scales), s(.h)], dims: [T, H],
+           groups: ceilDiv(T * H, g.threads))
         let kvOffset = 4 * pos0 * kvRowFloats
         for (i, l) in layers.enumerated() {
             // h += o_proj(attn(rmsnorm_in(h)))
@@ -109,50 +113,54 @@ struct GPUForwardPlan {
             let rope = c.usesRope(layer: i) ? 1 : 0, norm = c.usesQKNorm(layer: i) ? 1 : 0
             if rope + norm > 0 {
                 for (x, heads) in [(s(.q), nH), (b(.keys(i), kvOffset), nKV)] {
-                    out.append(KernelLaunch("mobilemoe_rope_norm", [x, b(.constant("rope.inv_freq"))],
-                                            dims: [T * heads, heads, D, pos0, rope, norm], fp: [eps],
-                                            groups: ceilDiv(T * heads, KernelGeometry.simdGroups)))
+                    op("mobilemoe_rope_norm", [x, b(.constant("rope.inv_freq"))], dims: [T * heads, heads, D, pos0, rope, norm],
+                       fp: [eps], groups: ceilDiv(T * heads, g.simdGroups))
                 }
             }
-            out.append(KernelLaunch("mobilemoe_attention", [s(.q), b(.keys(i)), b(.values(i)), s(.attn)],
-                                    dims: [T, nH, nKV, D, pos0], fp: [1 / Float(D).squareRoot()], groups: T * nH))
+            op("mobilemoe_attention", [s(.q), b(.keys(i)), b(.values(i)), s(.attn)], dims: [T, nH, nKV, D, pos0],
+               fp: [1 / Float(D).squareRoot()], groups: T * nH)
             linear(s(.attn), l.o, s(.h), rows: T, in: nH * D, out: H, accumulate: true)
             // h += routed(x) + shared(x), x = rmsnorm_post(h)
             rmsnorm(s(.h), .constant("norm.\(i).post"), s(.xn), rows: T, n: H)
             moe(layer: i, refs: l, tokens: T, k: k, into: &out)
-            out.append(KernelLaunch("mobilemoe_add", [s(.h), s(.y)], dims: [T * H], groups: ceilDiv(T * H, KernelGeometry.threads)))
+            op("mobilemoe_add", [s(.h), s(.y)], dims: [T * H], groups: ceilDiv(T * H, g.threads))
         }
         rmsnorm(s(.h, 4 * (T - 1) * H), .constant("norm.final"), s(.last), rows: 1, n: H)
         linear(s(.last), embedding, s(.logits), rows: 1, in: H, out: c.vocabSize)
         return out
     }
 
+    /// The fused MoE FFN of xn into y through the entry points of metal/moe_kernels.metal
+    /// (buffer orders and grids as documented there; float32 activations: the _f32 variants).
     private func moe(layer i: Int, refs l: GPULayerRefs, tokens T: Int, k: Int, into out: inout [KernelLaunch]) {
         let c = config, H = c.hiddenSize, I = c.intermediateSize, S = c.intermediateSizeMLP, E = c.numLocalExperts
         let dims = [T, H, I, S, E, k, c.normTopkProb ? 1 : 0]
         let fp = [c.routedScalingFactor]
+        let g = KernelGeometry.self
         func b(_ r: BufferRef) -> Binding { Binding(ref: r) }
         func s(_ x: Scratch) -> Binding { Binding(ref: .scratch(x)) }
-        let zeros = b(.constant("zeros"))
+        func launch(_ name: String, _ bindings: [Binding], groups: Int) {
+            out.append(KernelLaunch(name, bindings, dims: dims, fp: fp, groups: groups))
+        }
+        let zeros = b(.constant("zeros"))  // bound to the shared-expert slots when S = 0
         let shared: [Binding] = [l.sharedGate, l.sharedUp].flatMap { q in q.map { [b($0.words), b($0.scales)] } ?? [zeros, zeros] }
         let sharedDown: [Binding] = l.sharedDown.map { [b($0.words), b($0.scales)] } ?? [zeros, zeros]
         let router = b(.constant("router.\(i)")), bias = b(.constant("expert_bias.\(i)"))
         let gu = [b(l.gateUp.words), b(l.gateUp.scales)], dn = [b(l.down.words), b(l.down.scales)]
-        let g = KernelGeometry.self
         if T <= g.decodeMaxTokens {
             let perToken = ceilDiv(k * (I / 8), g.pairsPerGroup) + (S > 0 ? ceilDiv(S, g.sharedRowsPerGroup) : 0)
-            out.append(KernelLaunch("mobilemoe_moe_gate_up_decode", [s(.xn), router, bias] + gu + shared + [s(.moeH), s(.moeHS), s(.sel), s(.selw)],
-                                    dims: dims, fp: fp, groups: T * perToken))
-            out.append(KernelLaunch("mobilemoe_moe_down_decode", [s(.moeH), s(.moeHS), s(.sel), s(.selw)] + dn + sharedDown + [s(.y)],
-                                    dims: dims, groups: T * ceilDiv(H / 8, g.downWordsPerGroup)))
+            launch("moe_gate_up_decode_f32", [s(.xn), router, bias] + gu + shared + [b(.dims), b(.fp), s(.moeH), s(.moeHS), s(.sel), s(.selw)],
+                   groups: T * perToken)
+            launch("moe_down_decode_f32", [s(.moeH), s(.moeHS), s(.sel), s(.selw)] + dn + sharedDown + [b(.dims), s(.y)],
+                   groups: T * ceilDiv(H / 8, g.downWordsPerGroup))
         } else {
-            out.append(KernelLaunch("mobilemoe_moe_route", [s(.xn), router, bias, s(.sel), s(.selw)], dims: dims, fp: fp, groups: ceilDiv(T, g.simdGroups)))
+            launch("moe_route_f32", [s(.xn), router, bias, b(.dims), b(.fp), s(.sel), s(.selw)], groups: ceilDiv(T, g.simdGroups))
             let sharedTiles = S > 0 ? ceilDiv(T, g.tileRows) * ceilDiv(S, g.tileHalf) : 0
-            out.append(KernelLaunch("mobilemoe_moe_gate_up_prefill", [s(.xn), s(.sel)] + gu + shared + [s(.moeH), s(.moeHS)],
-                                    dims: dims, groups: E * ceilDiv(I, g.tileHalf) + sharedTiles))
-            out.append(KernelLaunch("mobilemoe_moe_down_prefill", [s(.moeH), s(.moeHS), s(.sel), s(.selw)] + dn + sharedDown + [s(.ys), s(.ysh)],
-                                    dims: dims, groups: (E + (S > 0 ? ceilDiv(T, g.tileRows) : 0)) * ceilDiv(H, 2 * g.tileHalf)))
-            out.append(KernelLaunch("mobilemoe_moe_combine", [s(.ys), s(.ysh), s(.y)], dims: dims, groups: ceilDiv(T * H, g.threads)))
+            launch("moe_gate_up_prefill_f32", [s(.xn), s(.sel)] + gu + shared + [b(.dims), s(.moeH), s(.moeHS)],
+                   groups: E * ceilDiv(I, g.tileHalf) + sharedTiles)
+            launch("moe_down_prefill", [s(.moeH), s(.moeHS), s(.sel), s(.selw)] + dn + sharedDown + [b(.dims), s(.ys), s(.ysh)],
+                   groups: (E + (S > 0 ? ceilDiv(T, g.tileRows) : 0)) * ceilDiv(H, 2 * g.tileHalf))
+            launch("moe_combine_f32", [s(.ys), s(.ysh), b(.dims), s(.y)], groups: ceilDiv(T * H, g.threads))
         }
     }
 }

@@ -25,6 +25,8 @@ enum BufferRef: Hashable {
     case scratch(Scratch)
     /// Layer l's KV cache: [capacity][kv_heads * D] float32.
     case keys(Int), values(Int)
+    /// The launch's own int32[16] / float32[8] parameters.
+    case dims, fp
 }
 
 struct Binding: Hashable {
@@ -36,7 +38,7 @@ struct Binding: Hashable {
 struct KernelLaunch {
     /// The Metal entry point (and emulator case) name.
     let kernel: String
-    /// Buffer arguments in entry-point order; `dims` and `fp` follow them.
+    /// Buffer arguments in entry-point order (buffer index = position), including .dims/.fp.
     let bindings: [Binding]
     let dims: [Int32]      // padded to 16
     let fp: [Float]        // padded to 8
@@ -67,6 +69,7 @@ enum KernelGeometry {
     static let tileHalf = 64       // MM_BH
     static let linearTokens = 8    // MO_TOK
     static let maxHeadDim = 256    // MO_MAX_D
+    static let maxHidden = 2048    // MM_MAX_H (the MoE decode kernel stages x in threadgroup memory)
     static let decodeMaxTokens = 8 // tokens up to which the MoE takes the decode path (as moe_ffn.py)
 }
 
