@@ -18,6 +18,7 @@
 #define MM_GLOBAL
 #define MM_SHARED
 #define MM_SHARED_DECL static
+#define MM_ALIGNED __attribute__((aligned(32)))
 #define MM_THREAD
 #define MM_BARRIER() mm_emu::block_barrier()
 #define MM_UNROLL
@@ -101,5 +102,22 @@ MM_FN int mm_simd_excl(int v) {
   for (uint32_t l = 0; l < lane; ++l) s += group->i[warp * 32 + l];
   simd_sync();
   return s;
+}
+// Warp-level matrix multiply (see mm_metal.h): lane l keeps row l / 2, columns 8 (l % 2) ..+8.
+struct mm_acc {
+  float v[8];
+};
+MM_FN void mm_acc_zero(mm_acc& a) {
+  for (int j = 0; j < 8; ++j) a.v[j] = 0.0f;
+}
+MM_FN void mm_mma16(mm_acc& acc, const float* A, int lda, const float* B, int ldb) {
+  const int row = int(mm_emu::lane) / 2, c0 = (int(mm_emu::lane) % 2) * 8;
+  for (int j = 0; j < 8; ++j)
+    for (int k = 0; k < 8; ++k) acc.v[j] += A[row * lda + k] * B[k * ldb + c0 + j];
+  mm_emu::simd_sync();  // operands are read by the whole SIMD group before anyone moves on
+}
+MM_FN void mm_acc_store(mm_acc& acc, float* C, int ldc) {
+  const int row = int(mm_emu::lane) / 2, c0 = (int(mm_emu::lane) % 2) * 8;
+  for (int j = 0; j < 8; ++j) C[row * ldc + c0 + j] = acc.v[j];
 }
 #endif

@@ -4,11 +4,13 @@
 #define MM_SHIM 1
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
+#include <mma.h>
 
 #define MM_FN __device__ __forceinline__
 #define MM_GLOBAL
 #define MM_SHARED
 #define MM_SHARED_DECL __shared__
+#define MM_ALIGNED __align__(32)  // wmma tiles are 32-byte aligned
 #define MM_THREAD
 #define MM_BARRIER() __syncthreads()
 #define MM_UNROLL _Pragma("unroll")
@@ -46,5 +48,36 @@ MM_FN int mm_simd_excl(int v) {
     if (lane >= o) x += n;
   }
   return x - v;
+}
+// Warp-level matrix multiply: a 16x16 float accumulator per warp, C += A (16x8) * B (8x16) with
+// A stored m-major (A[m * lda + k]) and B k-major (B[k * ldb + n]) in shared memory (32-byte
+// aligned tiles, ld a multiple of 8). Tensor cores in TF32, three products per step
+// (hi*hi + hi*lo + lo*hi, "3xTF32") so that the result keeps float32 accuracy.
+struct mm_acc {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c;
+};
+MM_FN void mm_acc_zero(mm_acc& a) { nvcuda::wmma::fill_fragment(a.c, 0.0f); }
+template <typename F>
+MM_FN void mm_split_tf32(F& hi, F& lo) {
+  MM_UNROLL for (int i = 0; i < hi.num_elements; ++i) {
+    const float v = hi.x[i];
+    hi.x[i] = nvcuda::wmma::__float_to_tf32(v);
+    lo.x[i] = nvcuda::wmma::__float_to_tf32(v - hi.x[i]);
+  }
+}
+MM_FN void mm_mma16(mm_acc& acc, const float* A, int lda, const float* B, int ldb) {
+  using namespace nvcuda::wmma;
+  fragment<matrix_a, 16, 16, 8, precision::tf32, row_major> a_hi, a_lo;
+  fragment<matrix_b, 16, 16, 8, precision::tf32, row_major> b_hi, b_lo;
+  load_matrix_sync(a_hi, A, lda);
+  load_matrix_sync(b_hi, B, ldb);
+  mm_split_tf32(a_hi, a_lo);
+  mm_split_tf32(b_hi, b_lo);
+  mma_sync(acc.c, a_lo, b_hi, acc.c);
+  mma_sync(acc.c, a_hi, b_lo, acc.c);
+  mma_sync(acc.c, a_hi, b_hi, acc.c);
+}
+MM_FN void mm_acc_store(mm_acc& acc, float* C, int ldc) {
+  nvcuda::wmma::store_matrix_sync(C, acc.c, ldc, nvcuda::wmma::mem_row_major);
 }
 #endif

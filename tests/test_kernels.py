@@ -139,6 +139,14 @@ inline void threadgroup_barrier(mem_flags) {}
 inline float simd_sum(float v) { return v; }
 template <class T> T simd_shuffle_xor(T v, ushort) { return v; }
 inline int simd_prefix_exclusive_sum(int v) { return v; }
+typedef unsigned long ulong;
+struct ulong2 { ulong x, y; };
+struct simdgroup_float8x8 { float v[2]; };
+template <class T, int R, int C> simdgroup_float8x8 make_filled_simdgroup_matrix(T) { return {}; }
+inline void simdgroup_load(simdgroup_float8x8&, const float*, ulong = 8, ulong2 = {}, bool = false) {}
+inline void simdgroup_store(simdgroup_float8x8, float*, ulong = 8, ulong2 = {}, bool = false) {}
+inline void simdgroup_multiply_accumulate(simdgroup_float8x8&, simdgroup_float8x8, simdgroup_float8x8,
+                                          simdgroup_float8x8) {}
 """
 
 

@@ -194,16 +194,16 @@ MM_SHARED_DECL float mm_scores[MM_NW * MM_MAX_E];
 mm_moe_route<T>(x, rw, eb, dims, fp, sel, selw, mm_scores, mm_gid, mm_lane, mm_warp);
 """
 _GATE_UP_PREFILL = """
-MM_SHARED_DECL float mm_as[MM_AS_SIZE];
-MM_SHARED_DECL float mm_bs[MM_BS_SIZE];
+MM_SHARED_DECL MM_ALIGNED float mm_as[MM_AS_SIZE];
+MM_SHARED_DECL MM_ALIGNED float mm_bs[MM_BS_SIZE];
 MM_SHARED_DECL int mm_list[MM_LIST_SIZE];
 MM_SHARED_DECL int mm_tmp[MM_NW + 1];
 mm_moe_gate_up_prefill<T, ST, OFFICIAL>(x, sel, gu_w, gu_s, sg_w, sg_s, su_w, su_s, dims,
     h, hs, mm_as, mm_bs, mm_list, mm_tmp, mm_tid, mm_gid, mm_lane, mm_warp);
 """
 _DOWN_PREFILL = """
-MM_SHARED_DECL float mm_as[MM_AS_SIZE];
-MM_SHARED_DECL float mm_bs[MM_BS_SIZE];
+MM_SHARED_DECL MM_ALIGNED float mm_as[MM_AS_SIZE];
+MM_SHARED_DECL MM_ALIGNED float mm_bs[MM_BS_SIZE];
 MM_SHARED_DECL int mm_list[MM_LIST_SIZE];
 MM_SHARED_DECL int mm_tmp[MM_NW + 1];
 mm_moe_down_prefill<ST, OFFICIAL>(h, hs, sel, selw, dn_w, dn_s, sd_w, sd_s, dims, ys, ysh,
