@@ -13,16 +13,17 @@
 //
 // The GEMM tile is MM_BM rows x 128 columns (two halves of 64: gate|up, or 128 outputs),
 // stepping MM_BK = 32 along the reduction (= one scale group). Weights are dequantized into
-// threadgroup memory tile by tile; FMA in float32.
+// threadgroup memory tile by tile; the products run on the SIMD-group matrix units
+// (mm_mma16: 16x16x8, float32 accuracy), each SIMD group owning a 16 x 32 block.
 #ifndef MM_MOE_PREFILL_H
 #define MM_MOE_PREFILL_H
 
 #define MM_BM 32
 #define MM_BK 32
 #define MM_BH 64                     // columns per half tile
-#define MM_AS_LD (MM_BM + 1)         // padded row of the transposed A tile
-#define MM_AS_SIZE (MM_BK * MM_AS_LD)
-#define MM_BS_SIZE (MM_BK * 2 * MM_BH)
+#define MM_AS_LD (MM_BK + 8)         // padded row of the A tile (32-byte aligned rows)
+#define MM_AS_SIZE (MM_BM * MM_AS_LD)
+#define MM_BS_SIZE (MM_BK * 2 * MM_BH)  // also holds the MM_BM x 128 result
 #define MM_LIST_SIZE (MM_BM + MM_NT)
 
 // ---------------------------------------------------------------------------------------
@@ -48,13 +49,13 @@ MM_FN void mm_moe_route(const MM_GLOBAL T* x, const MM_GLOBAL float* rw,
 }
 
 // ---------------------------------------------------------------------------------------
-// One tile: acc[i][half][j] (i < 4 rows, j < 2 columns) += A[rows] . B[:, cols].
+// One tile: acc[i][half][j] (i < 4 rows, j < 2 columns) = A[rows] . B[:, cols].
 // A row m is A + (list[m] / adiv) * lda, Kd values of type AT. B half hf comes from
 // (w[hf], s[hf]) with column offset off[hf] and ncol[hf] valid columns:
 //   kn = true : B stored [Kd][N] as words along N (routed experts); off in words.
 //   kn = false: B stored [N][Kd] as words along Kd (nn.Linear); off in rows.
-// ldw / lds: words / scales per stored row. Thread (ty = tid / 32, tx = tid % 32) owns rows
-// 4ty..4ty+3 and columns half*64 + 32j + tx.
+// ldw / lds: words / scales per stored row. The result is handed out per thread: thread
+// (ty = tid / 32, tx = tid % 32) gets rows 4ty..4ty+3 and columns half*64 + 32j + tx.
 template <typename AT, typename ST, bool OFFICIAL>
 MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int* list,
                    int nrows, int Kd, bool kn, const MM_GLOBAL uint32_t* w0,
@@ -63,8 +64,12 @@ MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int
                    MM_SHARED float* As, MM_SHARED float* Bs, MM_THREAD float* acc,
                    uint32_t tid) {
   const int tx = int(tid) % 32, ty = int(tid) / 32;
+  const int rb = ty / 4, cb = ty % 4;  // this SIMD group's 16 x 32 block of the tile
+  mm_acc c0, c1;
+  mm_acc_zero(c0);
+  mm_acc_zero(c1);
   for (int kk = 0; kk < Kd; kk += MM_BK) {
-    // A tile, transposed: As[k][m]
+    // A tile: As[m][k]
     MM_UNROLL for (int z = 0; z < (MM_BM * MM_BK) / MM_NT; ++z) {
       const int idx = int(tid) + MM_NT * z;
       const int m = idx / MM_BK, k = idx % MM_BK;
@@ -73,7 +78,7 @@ MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int
         const uint32_t row = uint32_t(list[m] / adiv);
         v = mm_f32(A[row * uint32_t(lda) + uint32_t(kk + k)]);
       }
-      As[k * MM_AS_LD + m] = v;
+      As[m * MM_AS_LD + k] = v;
     }
     // B tile, dequantized: Bs[k][c], c < 128; 512 words, 2 per thread
     MM_UNROLL for (int z = 0; z < 2; ++z) {
@@ -108,16 +113,23 @@ MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int
       }
     }
     MM_BARRIER();
-    MM_UNROLL for (int k = 0; k < MM_BK; ++k) {
-      float a[4], b[4];
-      MM_UNROLL for (int i = 0; i < 4; ++i) a[i] = As[k * MM_AS_LD + ty * 4 + i];
-      MM_UNROLL for (int c = 0; c < 4; ++c) b[c] = Bs[k * (2 * MM_BH) + (c / 2) * MM_BH + (c % 2) * 32 + tx];
-      MM_UNROLL for (int i = 0; i < 4; ++i) {
-        MM_UNROLL for (int c = 0; c < 4; ++c) acc[i * 4 + c] += a[i] * b[c];
-      }
+    MM_UNROLL for (int k8 = 0; k8 < MM_BK; k8 += 8) {
+      const MM_SHARED float* a = As + rb * 16 * MM_AS_LD + k8;
+      const MM_SHARED float* b = Bs + k8 * (2 * MM_BH) + cb * 32;
+      mm_mma16(c0, a, MM_AS_LD, b, 2 * MM_BH);
+      mm_mma16(c1, a, MM_AS_LD, b + 16, 2 * MM_BH);
     }
     MM_BARRIER();
   }
+  // C tile through the B tile's memory (MM_BM x 128 = MM_BK x 128 floats)
+  mm_acc_store(c0, Bs + rb * 16 * (2 * MM_BH) + cb * 32, 2 * MM_BH);
+  mm_acc_store(c1, Bs + rb * 16 * (2 * MM_BH) + cb * 32 + 16, 2 * MM_BH);
+  MM_BARRIER();
+  MM_UNROLL for (int i = 0; i < 4; ++i) {
+    MM_UNROLL for (int c = 0; c < 4; ++c)
+      acc[i * 4 + c] = Bs[(ty * 4 + i) * (2 * MM_BH) + (c / 2) * MM_BH + (c % 2) * 32 + tx];
+  }
+  MM_BARRIER();
 }
 
 // Append to list[n..] the indices q in [0, TK) with sel[q] == e, in order, MM_NT at a time
@@ -139,10 +151,6 @@ MM_FN void mm_list_shift(MM_SHARED int* list, int n, uint32_t tid) {
   MM_BARRIER();
   if (int(tid) < rest) list[tid] = v;
   MM_BARRIER();
-}
-
-MM_FN void mm_zero(MM_THREAD float* acc) {
-  MM_UNROLL for (int i = 0; i < 16; ++i) acc[i] = 0.0f;
 }
 
 // Threadgroups of the gate_up launch: E * ceil(I / 64) routed, then ceil(T / 32) * ceil(S / 64).
@@ -179,7 +187,6 @@ MM_FN void mm_moe_gate_up_prefill(
       const bool last = base + MM_NT >= TK;
       while (n >= MM_BM || (last && n > 0)) {
         const int m = n < MM_BM ? n : MM_BM;
-        mm_zero(acc);
         mm_tile<T, ST, OFFICIAL>(x, H, K, list, m, H, true, wp, sp, nt * 8, ncol, wp, sp,
                                  I / 8 + nt * 8, ncol, ldw, lds, As, Bs, acc, tid);
         MM_UNROLL for (int i = 0; i < 4; ++i) {
@@ -207,7 +214,6 @@ MM_FN void mm_moe_gate_up_prefill(
     const int ncol = S - nt * MM_BH < MM_BH ? S - nt * MM_BH : MM_BH;
     if (int(tid) < MM_BM) list[tid] = t0 + int(tid);
     MM_BARRIER();
-    mm_zero(acc);
     mm_tile<T, ST, OFFICIAL>(x, H, 1, list, m, H, false, sg_w, sg_s, nt * MM_BH, ncol, su_w,
                              su_s, nt * MM_BH, ncol, H / 8, H / 32, As, Bs, acc, tid);
     MM_UNROLL for (int i = 0; i < 4; ++i) {
@@ -260,7 +266,6 @@ MM_FN void mm_moe_down_prefill(
       const bool last = base + MM_NT >= TK;
       while (n >= MM_BM || (last && n > 0)) {
         const int m = n < MM_BM ? n : MM_BM;
-        mm_zero(acc);
         mm_tile<float, ST, OFFICIAL>(h, I, 1, list, m, I, true, wp, sp, c0 / 8, nc0, wp, sp,
                                      c0 / 8 + MM_BH / 8, nc1, ldw, lds, As, Bs, acc, tid);
         MM_UNROLL for (int i = 0; i < 4; ++i) {
@@ -289,7 +294,6 @@ MM_FN void mm_moe_down_prefill(
     const int nc0 = mm_clamp_cols(H - c0), nc1 = mm_clamp_cols(H - c0 - MM_BH);
     if (int(tid) < MM_BM) list[tid] = t0 + int(tid);
     MM_BARRIER();
-    mm_zero(acc);
     mm_tile<float, ST, OFFICIAL>(hs, S, 1, list, m, S, false, sd_w, sd_s, c0, nc0, sd_w, sd_s,
                                  c0 + MM_BH, nc1, S / 8, S / 32, As, Bs, acc, tid);
     MM_UNROLL for (int i = 0; i < 4; ++i) {
