@@ -344,6 +344,7 @@ class Trainer:
         out = self.out
         out.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
+        staged.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
         try:
             view = self.save_view(self.model) if self.save_view else _null_view(self.model)
             with view as m:
