@@ -14,7 +14,7 @@ struct GenerationLoop {
         GenerationLoop.running.add(1)
         defer { GenerationLoop.running.add(-1) }
         let config = model.configuration
-        guard !promptIds.isEmpty else { throw InferenceError.backendUnavailable("empty prompt") }
+        guard !promptIds.isEmpty else { throw InferenceError.emptyPrompt }
         if let k = parameters.expertsPerToken, !(1...config.numLocalExperts).contains(k) {
             throw InferenceError.badExpertsPerToken(k, experts: config.numLocalExperts)
         }
@@ -53,7 +53,7 @@ struct GenerationLoop {
             if generated.count == parameters.maxTokens { break }
             if Task.isCancelled { reason = .cancelled; break }
             if session.position >= session.capacity { reason = .length; break }  // context full
-            if generated.count % model.adaptiveCompute.refreshInterval == 0 { k = await expertsPerToken() }
+            if generated.count % max(model.adaptiveCompute.refreshInterval, 1) == 0 { k = await expertsPerToken() }
             do {
                 logits = try session.forward([token], expertsPerToken: k)
             } catch is CancellationError {  // a GPU executor refused to submit

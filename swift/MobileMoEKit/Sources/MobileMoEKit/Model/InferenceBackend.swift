@@ -23,6 +23,7 @@ public enum InferenceError: Error, CustomStringConvertible {
     case tokenOutOfRange(Int, vocab: Int)
     case badExpertsPerToken(Int, experts: Int)
     case backendUnavailable(String)
+    case emptyPrompt
 
     public var description: String {
         switch self {
@@ -30,6 +31,7 @@ public enum InferenceError: Error, CustomStringConvertible {
         case let .tokenOutOfRange(t, v): return "token id \(t) is outside the vocabulary (0..<\(v))"
         case let .badExpertsPerToken(k, e): return "experts per token must be in 1...\(e), got \(k)"
         case let .backendUnavailable(why): return "backend unavailable: \(why)"
+        case .emptyPrompt: return "the prompt has no tokens"
         }
     }
 }
