@@ -5,7 +5,7 @@ is saved twice through `mlx_mobilemoe.checkpoint.save`: in the official QAT layo
 and in the BF16 layout. Each folder is loaded back with `mlx_mobilemoe.load` and run in
 float32; the logits of every position of a few prompts and greedy continuations (KV cache)
 are written beside it. A table of strings gives the tokenizer ids and decodes of Python's
-`tokenizers`. Everything is deterministic; the output stays well under 2 MB.
+`tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. Everything is deterministic; the output stays well under 2 MB.
 
     python scripts/write_swift_fixtures.py [--out swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,15 @@ TOKENIZER_CASES = [
     "text<|end_of_text|>more<|pad|>", "<|eot_id|><|eot_id|>",
     "not special: <|unknown|> and < | eot_id | >", "ﬁ ligature Ⅻ roman ① circled",
 ]
+
+# Random strings drawn from these pools (fixed seed) add a fuzzed parity table.
+FUZZ_POOLS = [
+    "abc XYZ hello world the quick", "éàüñçøß", "日本語中文한국어", "😀🎉👍🏽🧑‍🚀", "0123456789",
+    " \t\n\r\u000b\u0085\u00a0\u3000\u2028", "'s 're 've 'll 'd 'm 'S 'RE",
+    ".,;:!?()[]{}<>/\\|@#$%^&*-_=+~`\"", "<|eot_id|><|begin_of_text|><|pad|>",
+    "\u0301\u0308\u200d\ufe0f", "ｆｕｌｌ", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
+]
+FUZZ_CASES = 300
 
 PROMPTS = [
     [{"role": "user", "content": "Hello! How are you?"}],
@@ -175,6 +185,17 @@ def main():
             "decoded_with_special": ref.decode(ids, skip_special_tokens=False),
         })
     (out / "tokenizer-cases.json").write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n")
+    rng = random.Random(0)
+    fuzz = []
+    for _ in range(FUZZ_CASES):
+        text = ""
+        for _ in range(rng.randint(1, 12)):
+            pool = rng.choice(FUZZ_POOLS)
+            k = rng.randint(1, 6)
+            start = rng.randint(0, max(0, len(pool) - k))
+            text += pool[start:start + k] if rng.random() < 0.7 else pool
+        fuzz.append([text, ref.encode(text).ids])
+    (out / "tokenizer-fuzz.json").write_text(json.dumps(fuzz, ensure_ascii=False) + "\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote fixtures to {out} ({total / 1e6:.2f} MB)")
 

@@ -44,3 +44,5 @@ def test_tokenizer_table_is_current():
         assert ref.encode(case["text"]).ids == case["ids"], case["text"]
         assert ref.encode(case["text"], add_special_tokens=False).ids == case["ids_no_special"]
         assert ref.decode(case["ids"], skip_special_tokens=True) == case["decoded"]
+    for text, ids in json.loads((FIXTURES / "tokenizer-fuzz.json").read_text()):
+        assert ref.encode(text).ids == ids, text

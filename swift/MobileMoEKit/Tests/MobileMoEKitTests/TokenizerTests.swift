@@ -21,6 +21,16 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    func testFuzzedIdsMatchPython() throws {
+        // 300 random mixes of scripts, emoji, odd whitespace, contractions, symbols and special tokens.
+        let cases = try Fixtures.json("tokenizer-fuzz.json") as! [[Any]]
+        XCTAssertEqual(cases.count, 300)
+        for c in cases {
+            let text = c[0] as! String
+            XCTAssertEqual(Self.tokenizer.encode(text), c[1] as! [Int], text.debugDescription)
+        }
+    }
+
     func testStreamingNeverBreaksCharacters() {
         let tok = Self.tokenizer
         let text = "日本語 😀🎉👍🏽 Héllo 🧑‍🚀 中文"
