@@ -5,7 +5,8 @@ is saved twice through `mlx_mobilemoe.checkpoint.save`: in the official QAT layo
 and in the BF16 layout. Each folder is loaded back with `mlx_mobilemoe.load` and run in
 float32; the logits of every position of a few prompts and greedy continuations (KV cache)
 are written beside it. A table of strings gives the tokenizer ids and decodes of Python's
-`tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. Everything is deterministic; the output stays well under 2 MB.
+`tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. Everything is
+deterministic (rerunning rewrites identical files); the output stays well under 2 MB.
 
     python scripts/write_swift_fixtures.py [--out swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures]
 """
