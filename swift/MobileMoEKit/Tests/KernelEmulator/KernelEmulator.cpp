@@ -14,6 +14,7 @@
 
 #include <cstring>
 #include <functional>
+#include <mutex>
 
 namespace {
 // mm_emu::launch starts 256 threads per threadgroup; this keeps 256 workers alive instead
@@ -39,7 +40,10 @@ struct Pool {
     }
   }
 
+  std::mutex busy;  // one launch at a time, whichever thread calls
+
   void launch(int nblocks, std::function<void()> f) {
+    std::lock_guard<std::mutex> hold(busy);
     std::barrier<> bar(MM_NT);
     mm_emu::Group g;
     g.bar = &bar;
