@@ -23,6 +23,7 @@
 #define MM_BARRIER() mm_emu::block_barrier()
 #define MM_UNROLL
 #define MM_UNROLL4
+#define MM_UNROLL8
 
 typedef _Float16 mm_half;
 

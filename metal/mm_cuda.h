@@ -15,6 +15,7 @@
 #define MM_BARRIER() __syncthreads()
 #define MM_UNROLL _Pragma("unroll")
 #define MM_UNROLL4 _Pragma("unroll 4")  // partial unroll of a runtime-bound loop
+#define MM_UNROLL8 _Pragma("unroll 8")
 
 MM_FN float mm_f32(float v) { return v; }
 MM_FN float mm_f32(__half v) { return __half2float(v); }
@@ -50,8 +51,8 @@ MM_FN int mm_simd_excl(int v) {
   return x - v;
 }
 // Warp-level matrix multiply: a 16x16 float accumulator per warp, C += A (16x8) * B (8x16) with
-// A stored m-major (A[m * lda + k]) and B k-major (B[k * ldb + n]) in shared memory (32-byte
-// aligned tiles, ld a multiple of 8). Tensor cores in TF32, three products per step
+// A stored m-major (A[m * lda + k]) and B k-major (B[k * ldb + n]) in shared memory (tile
+// pointers 32-byte aligned, ld a multiple of 4). Tensor cores in TF32, three products per step
 // (hi*hi + hi*lo + lo*hi, "3xTF32") so that the result keeps float32 accuracy.
 struct mm_acc {
   nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> c;

@@ -174,9 +174,33 @@ def bench_overhead(sizes, dtype, n_layers, iters):
                              eval_us=(t_all - t_build) * 1e6, total_us=t_all * 1e6))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         os.environ.pop("MLX_MOBILEMOE_REFERENCE", None)
+        rows += _host_probe(size, ours[0], xs[0], args.num_experts_per_tok)
         del ours, base
         gc.collect()
         mx.clear_cache()
+    return rows
+
+
+def _host_probe(size, moe, x, k):
+    """Graph-building cost of one call of each piece (no evaluation), in µs."""
+    from mlx_mobilemoe.kernels import moe as moe_mod
+    from mlx_mobilemoe.kernels import weights_from_module
+    backend = gpu_backend()
+    probes = {"module (fused_moe + custom_function)": lambda: moe(x),
+              "one add": lambda: x + 1}
+    if backend:
+        w = weights_from_module(moe)
+        probes["kernels only (two launches)"] = lambda: moe_mod._run(x, w, k, backend)
+        make = mx.fast.cuda_kernel if backend == "cuda" else mx.fast.metal_kernel
+        tiny = make(name="probe", input_names=["a"], output_names=["b"], source="b[0] = a[0];")
+        probes["one trivial custom kernel"] = lambda: tiny(
+            inputs=[x], output_shapes=[(1,)], output_dtypes=[x.dtype], grid=(32, 1, 1),
+            threadgroup=(32, 1, 1), template=[("T", x.dtype)])
+    rows = []
+    for name, fn in probes.items():
+        t = _time(lambda: [fn() for _ in range(100)], 5, warmup=1) / 100
+        rows.append(dict(size=size, path=name, build_us=t * 1e6))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 

@@ -4,6 +4,9 @@
 - kernel bodies on the CPU emulator vs the reference (CPU, tiny: runs in CI if g++ exists);
 - kernel vs reference on a GPU (Metal or CUDA; skipped without one), S/M/L widths.
 Each GPU check prints one `PARITY` line (the committed GPU log is these lines).
+Run the GPU half with MLX_ENABLE_TF32=0: by default MLX runs float32 matmuls (the reference's
+router and expert products for T > 1) in TF32, whose ~1e-3 error flips near-tied expert
+choices; the kernels route in full float32.
 """
 
 from __future__ import annotations

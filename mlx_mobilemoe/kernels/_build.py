@@ -17,7 +17,6 @@ import mlx.core as mx
 
 THREADS = 256  # MM_NT in metal/moe_common.h: every kernel runs threadgroups of 256
 
-_BODIES = ("moe_common.h", "moe_decode.h", "moe_prefill.h")
 
 # Thread ids by the backend's own names (Metal declares an attribute only when the source
 # mentions it, so these must be in `source`, not in a header macro).
@@ -53,6 +52,12 @@ def read_source(name: str) -> str:
     return (metal_dir() / name).read_text()
 
 
+def compact(text: str) -> str:
+    """Source without comment-only and blank lines: MLX copies the header on every call."""
+    return "\n".join(l for l in text.splitlines()
+                     if l.strip() and not l.lstrip().startswith("//"))
+
+
 def reference_forced() -> bool:
     """MLX_MOBILEMOE_REFERENCE=1 forces the plain-MLX reference everywhere."""
     return os.environ.get("MLX_MOBILEMOE_REFERENCE", "0") not in ("", "0")
@@ -74,11 +79,12 @@ def register_backend(name: str, factory: Callable, prologue: str, shim: str) -> 
     _FACTORY[name], PROLOGUE[name], _SHIM[name] = factory, prologue, shim
 
 
-def kernel(backend: str, name: str, inputs: list[str], outputs: list[str], glue: str):
+def kernel(backend: str, name: str, inputs: list[str], outputs: list[str], glue: str,
+           bodies: tuple[str, ...]):
     """The kernel `name` for `backend`, built once: shim + bodies as header, prologue + glue."""
     key = (backend, name)
     if key not in _CACHE:
-        header = "\n".join(read_source(f) for f in (_SHIM[backend], *_BODIES))
+        header = compact("\n".join(read_source(f) for f in (_SHIM[backend], *bodies)))
         _CACHE[key] = _FACTORY[backend](
             f"mobilemoe_{name}", inputs, outputs, PROLOGUE[backend] + glue, header)
     return _CACHE[key]

@@ -71,12 +71,10 @@ class MoEWeights:
     routed_scaling_factor: float = 1.0
     norm_topk_prob: bool = True
 
-    @property
-    def dims(self):
-        """(H, I, S, E); S = 0 without a shared expert."""
+    def __post_init__(self):
         E, H, w2 = self.gate_up.weight.shape
         S = self.shared_gate.weight.shape[0] if self.shared_gate is not None else 0
-        return H, w2 * 8 // 2, S, E
+        self.dims = (H, w2 * 8 // 2, S, E)  # (H, I, S, E); S = 0 without a shared expert
 
     def _qweights(self):
         return [q for q in (self.gate_up, self.down, self.shared_gate, self.shared_up,
@@ -186,8 +184,10 @@ mm_moe_gate_up_decode<T, ST, OFFICIAL>(x, rw, eb, gu_w, gu_s, sg_w, sg_s, su_w, 
 _DOWN_DECODE = """
 MM_SHARED_DECL float mm_red[MM_DEC_RED];
 MM_SHARED_DECL float mm_sh[MM_CT * 8];
+MM_SHARED_DECL int mm_ch[MM_MAX_K];
+MM_SHARED_DECL float mm_chw[MM_MAX_K];
 mm_moe_down_decode<T, ST, OFFICIAL>(h, hs, sel, selw, dn_w, dn_s, sd_w, sd_s, dims, y,
-    mm_red, mm_sh, mm_tid, mm_gid, mm_lane, mm_warp);
+    mm_red, mm_sh, mm_ch, mm_chw, mm_tid, mm_gid, mm_lane, mm_warp);
 """
 _ROUTE = """
 MM_SHARED_DECL float mm_scores[MM_NW * MM_MAX_E];
@@ -213,17 +213,18 @@ _COMBINE = """
 mm_moe_combine<T>(ys, ysh, dims, y, mm_tid, mm_gid);
 """
 
-_SPECS = {  # name: (inputs, outputs, glue)
+_DEC, _PRE = ("moe_common.h", "moe_decode.h"), ("moe_common.h", "moe_prefill.h")
+_SPECS = {  # name: (inputs, outputs, glue, bodies)
     "gate_up_decode": (["x", "rw", "eb", "gu_w", "gu_s", "sg_w", "sg_s", "su_w", "su_s",
-                        "dims", "fp"], ["h", "hs", "sel", "selw"], _GATE_UP_DECODE),
+                        "dims", "fp"], ["h", "hs", "sel", "selw"], _GATE_UP_DECODE, _DEC),
     "down_decode": (["h", "hs", "sel", "selw", "dn_w", "dn_s", "sd_w", "sd_s", "dims"], ["y"],
-                    _DOWN_DECODE),
-    "route": (["x", "rw", "eb", "dims", "fp"], ["sel", "selw"], _ROUTE),
+                    _DOWN_DECODE, _DEC),
+    "route": (["x", "rw", "eb", "dims", "fp"], ["sel", "selw"], _ROUTE, _PRE),
     "gate_up_prefill": (["x", "sel", "gu_w", "gu_s", "sg_w", "sg_s", "su_w", "su_s", "dims"],
-                        ["h", "hs"], _GATE_UP_PREFILL),
+                        ["h", "hs"], _GATE_UP_PREFILL, _PRE),
     "down_prefill": (["h", "hs", "sel", "selw", "dn_w", "dn_s", "sd_w", "sd_s", "dims"],
-                     ["ys", "ysh"], _DOWN_PREFILL),
-    "combine": (["ys", "ysh", "dims"], ["y"], _COMBINE),
+                     ["ys", "ysh"], _DOWN_PREFILL, _PRE),
+    "combine": (["ys", "ysh", "dims"], ["y"], _COMBINE, _PRE),
 }
 
 
@@ -289,10 +290,14 @@ def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
         if official:
             raise ValueError("the reference reads MLX's layout only")
         return moe_ffn_reference(x, w, k)
+    return _run(x, w, k, backend, path, official)
+
+
+def _run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: bool = False):
+    """The kernels, no checks (moe_ffn and fused_moe check once). Same shape as x."""
     if path == "auto":
         path = "decode" if x.size <= DECODE_MAX_TOKENS * x.shape[-1] else "prefill"
-    run = {"decode": _decode, "prefill": _prefill}[path]
-    return run(x, w, k, backend, official)  # same shape as x
+    return (_decode if path == "decode" else _prefill)(x, w, k, backend, official)
 
 
 # --- the model's MoE module -------------------------------------------------------------
@@ -337,11 +342,14 @@ def weights_from_module(moe) -> Optional[MoEWeights]:
 
 
 def _module_key(moe):
-    sh = moe.shared_expert
-    mods = [moe.router, moe.experts.gate_up, moe.experts.down]
-    if sh is not None:
-        mods += [sh.gate_proj, sh.up_proj, sh.down_proj]
-    return (tuple(id(v) for m in mods for v in m.values()), id(moe.expert_bias),
+    """Identities of every array the kernels read (item access: Module.__getattr__ is slow),
+    plus the routing scalars: the memo is rebuilt whenever one of them changes."""
+    ex = moe["experts"]
+    mods = [moe["router"], ex["gate_up"], ex["down"]]
+    if "shared_expert" in moe:
+        sh = moe["shared_expert"]
+        mods += [sh["gate_proj"], sh["up_proj"], sh["down_proj"]]
+    return (tuple(id(v) for m in mods for v in m.values()), id(moe["expert_bias"]),
             moe.routed_scaling_factor, moe.norm_topk_prob)
 
 
@@ -349,7 +357,8 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
     """The fused forward of the model's MoE module on x (..., H), or None when the kernels
     do not apply (no GPU backend, reference forced, float or unsupported weights).
     Differentiable in x: the gradient is the reference's (custom kernels have no VJP)."""
-    if _build.gpu_backend() is None:
+    backend = _build.gpu_backend()
+    if backend is None:
         return None
     key = _module_key(moe)
     memo = moe.__dict__.get("_mm_memo")
@@ -363,15 +372,16 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
         memo.ok[(k, x.dtype)] = kernel_supported(w, k, x.dtype) is None
     if not memo.ok[(k, x.dtype)]:
         return None
-    if k not in memo.fns:
-        memo.fns[k] = _with_reference_vjp(w, k)
-    return memo.fns[k](x)
+    fn = memo.fns.get((k, backend))
+    if fn is None:
+        fn = memo.fns[(k, backend)] = _with_reference_vjp(w, k, backend)
+    return fn(x)
 
 
-def _with_reference_vjp(w: MoEWeights, k: int):
+def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
     @mx.custom_function
     def f(x):
-        return moe_ffn(x, w, k)
+        return _run(x, w, k, backend)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):  # one primal: MLX passes the array itself
