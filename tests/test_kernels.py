@@ -230,3 +230,25 @@ def test_gpu_routing_matches_reference():
     err = kc.rel_err(np.take_along_axis(selw, o1, -1), np.take_along_axis(wr, o2, -1))
     print(f"\nPARITY {GPU} route-{case.id} rel_err={err:.3e}")
     assert err < kc.TOL[("route_weights", "float32")]
+
+
+@needs_gpu
+def test_gpu_model_greedy_tokens_match_reference(monkeypatch):
+    """The model's MoE layers take the fused path on a GPU and generate the same greedy tokens
+    as the reference path (random S-width weights, 2 layers; no bundled model yet)."""
+    from mlx_lm.generate import generate_step
+    from mlx_mobilemoe import Model, preset
+    from mlx_mobilemoe.model import quantize_model
+    mx.random.seed(11)
+    model = quantize_model(Model(preset("S", num_hidden_layers=2)))
+    prompt = mx.random.randint(0, 128000, (24,))
+
+    def greedy():
+        return [int(t) for t, _ in generate_step(prompt, model, max_tokens=24)]
+
+    fused = greedy()
+    assert model.layers[0].feed_forward.__dict__["_mm_memo"].weights is not None
+    monkeypatch.setenv("MLX_MOBILEMOE_REFERENCE", "1")
+    ref = greedy()
+    print(f"\nPARITY {GPU} model-greedy-24 tokens_equal={fused == ref}")
+    assert fused == ref
