@@ -5,7 +5,9 @@ is saved twice through `mlx_mobilemoe.checkpoint.save`: in the official QAT layo
 and in the BF16 layout. Each folder is loaded back with `mlx_mobilemoe.load` and run in
 float32; the logits of every position of a few prompts and greedy continuations (KV cache)
 are written beside it. A table of strings gives the tokenizer ids and decodes of Python's
-`tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. Everything is
+`tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. A sentencepiece BPE
+model (byte fallback) exported to tokenizer.json in the two shapes in use (Llama 2's Prepend/
+Replace normalizers, and a Metaspace pre-tokenizer) gets the same tables. Everything is
 deterministic (rerunning rewrites identical files); the output stays well under 2 MB.
 
     python scripts/write_swift_fixtures.py [--out swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures]
@@ -156,6 +158,50 @@ def write_checkpoints(out: Path, seed: int) -> None:
             (out / f"{name}-expected.json").write_text(json.dumps(expected) + "\n")
 
 
+def spm_tokenizers(tmp: Path) -> dict:
+    """A sentencepiece BPE model with byte fallback as tokenizer.json, in two exported shapes."""
+    import sentencepiece as spm
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    (tmp / "spm.txt").write_text("".join(CORPUS * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(tmp / "spm.txt"), model_prefix=str(tmp / "spm"), vocab_size=600, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, num_threads=1, shuffle_input_sentence=False,
+        minloglevel=2)
+    extracted = SentencePieceExtractor(str(tmp / "spm.model")).extract(models.BPE)
+
+    def base():
+        t = Tokenizer(models.BPE(vocab=extracted["vocab"], merges=extracted["merges"], byte_fallback=True,
+                                 fuse_unk=True, unk_token="<unk>"))
+        t.add_special_tokens([AddedToken(x, special=True, normalized=False) for x in ("<unk>", "<s>", "</s>")])
+        return t
+
+    llama2 = base()  # the shape of Llama 2's tokenizer.json
+    llama2.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    llama2.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+    llama2.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    metaspace = base()  # the shape newer exports use
+    metaspace.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    metaspace.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    return {"spm-llama2": llama2, "spm-metaspace": metaspace}
+
+
+def fuzz_strings(n: int, seed: int, pools: list) -> list:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        text = ""
+        for _ in range(rng.randint(1, 12)):
+            pool = rng.choice(pools)
+            k = rng.randint(1, 6)
+            start = rng.randint(0, max(0, len(pool) - k))
+            text += pool[start:start + k] if rng.random() < 0.7 else pool
+        out.append(text)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -186,17 +232,23 @@ def main():
             "decoded_with_special": ref.decode(ids, skip_special_tokens=False),
         })
     (out / "tokenizer-cases.json").write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n")
-    rng = random.Random(0)
-    fuzz = []
-    for _ in range(FUZZ_CASES):
-        text = ""
-        for _ in range(rng.randint(1, 12)):
-            pool = rng.choice(FUZZ_POOLS)
-            k = rng.randint(1, 6)
-            start = rng.randint(0, max(0, len(pool) - k))
-            text += pool[start:start + k] if rng.random() < 0.7 else pool
-        fuzz.append([text, ref.encode(text).ids])
+    fuzz = [[text, ref.encode(text).ids] for text in fuzz_strings(FUZZ_CASES, 0, FUZZ_POOLS)]
     (out / "tokenizer-fuzz.json").write_text(json.dumps(fuzz, ensure_ascii=False) + "\n")
+
+    # Sentencepiece-exported tokenizers: [text, ids, decoded, decoded with special tokens].
+    spm_texts = TOKENIZER_CASES + ["<s>Hi there", "x<s>Hi </s>", " Hello", "a  b", "ǅ𝔘 x\u0301"]
+    spm_texts += fuzz_strings(150, 1, FUZZ_POOLS + ["<s></s><unk>", "▁ ▁▁"])
+    spm_cases = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, tok in spm_tokenizers(Path(tmp)).items():
+            (out / name).mkdir(exist_ok=True)
+            tok.save(str(out / name / "tokenizer.json"))
+            rows = []
+            for text in spm_texts:
+                ids = tok.encode(text).ids
+                rows.append([text, ids, tok.decode(ids), tok.decode(ids, skip_special_tokens=False)])
+            spm_cases[name] = rows
+    (out / "tokenizer-spm-cases.json").write_text(json.dumps(spm_cases, ensure_ascii=False) + "\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote fixtures to {out} ({total / 1e6:.2f} MB)")
 

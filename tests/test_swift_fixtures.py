@@ -46,3 +46,9 @@ def test_tokenizer_table_is_current():
         assert ref.decode(case["ids"], skip_special_tokens=True) == case["decoded"]
     for text, ids in json.loads((FIXTURES / "tokenizer-fuzz.json").read_text()):
         assert ref.encode(text).ids == ids, text
+    for name, rows in json.loads((FIXTURES / "tokenizer-spm-cases.json").read_text()).items():
+        spm = Tokenizer.from_file(str(FIXTURES / name / "tokenizer.json"))
+        for text, ids, decoded, decoded_special in rows:
+            assert spm.encode(text).ids == ids, (name, text)
+            assert spm.decode(ids) == decoded
+            assert spm.decode(ids, skip_special_tokens=False) == decoded_special

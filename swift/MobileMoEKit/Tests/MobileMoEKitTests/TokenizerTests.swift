@@ -31,6 +31,27 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    func testSentencepieceExportsMatchPython() throws {
+        // A sentencepiece BPE model (byte fallback) as Llama 2's tokenizer.json shape (Prepend/
+        // Replace normalizers, Strip decoder) and as a Metaspace pre-tokenizer/decoder export.
+        let all = try Fixtures.json("tokenizer-spm-cases.json") as! [String: [[Any]]]
+        XCTAssertEqual(Set(all.keys), ["spm-llama2", "spm-metaspace"])
+        for (name, rows) in all {
+            let tok = try Tokenizer(directory: Fixtures.url(name))
+            XCTAssertGreaterThan(rows.count, 150)
+            for r in rows {
+                let text = r[0] as! String, ids = r[1] as! [Int]
+                XCTAssertEqual(tok.encode(text), ids, "\(name) ids of \(text.debugDescription)")
+                XCTAssertEqual(tok.decode(ids), r[2] as! String, "\(name) decode of \(text.debugDescription)")
+                XCTAssertEqual(tok.decode(ids, skipSpecialTokens: false), r[3] as! String, "\(name) decode with special")
+                // Streaming yields the same text, chunk by chunk.
+                var stream = StreamingDecoder(tokenizer: tok)
+                let streamed = ids.map { stream.append($0) }.joined() + stream.finish()
+                XCTAssertEqual(streamed, r[2] as! String, "\(name) streamed \(text.debugDescription)")
+            }
+        }
+    }
+
     func testStreamingNeverBreaksCharacters() {
         let tok = Self.tokenizer
         let text = "日本語 😀🎉👍🏽 Héllo 🧑‍🚀 中文"

@@ -10,10 +10,12 @@ final class BPEModel: @unchecked Sendable {
     let ignoreMerges: Bool
     let byteFallback: Bool
     let unkId: Int?
+    let fuseUnk: Bool
     private var cache: [String: [Int]] = [:]
     private let lock = NSLockLike()
 
-    init(vocab: [String: Int], merges: [(String, String)], ignoreMerges: Bool, byteFallback: Bool, unkToken: String?) throws {
+    init(vocab: [String: Int], merges: [(String, String)], ignoreMerges: Bool, byteFallback: Bool, unkToken: String?,
+         fuseUnk: Bool = false) throws {
         self.vocab = vocab
         var inverse: [Int: String] = [:]
         for (t, i) in vocab { inverse[i] = t }
@@ -31,24 +33,34 @@ final class BPEModel: @unchecked Sendable {
         self.ignoreMerges = ignoreMerges
         self.byteFallback = byteFallback
         self.unkId = unkToken.flatMap { vocab[$0] }
+        self.fuseUnk = fuseUnk
     }
 
     /// Token ids of one pre-token (already in byte-level characters).
     func encode(word: String) -> [Int] {
         if ignoreMerges, let id = vocab[word] { return [id] }
         if let hit = lock.withLock({ cache[word] }) { return hit }
+        // Initial symbols: one per Unicode scalar (as Rust chars), else its <0xNN> bytes
+        // (byte_fallback, all or nothing), else unk (consecutive unks fused with fuse_unk).
         var ids: [Int] = []
-        for ch in word {
-            let s = String(ch)
+        var lastWasUnk = false
+        for scalar in word.unicodeScalars {
+            let s = String(scalar)
             if let id = vocab[s] {
                 ids.append(id)
-            } else if byteFallback {
-                for b in s.utf8 {
-                    if let id = vocab[String(format: "<0x%02X>", b)] { ids.append(id) } else if let u = unkId { ids.append(u) }
-                }
-            } else if let u = unkId {
-                ids.append(u)
+                lastWasUnk = false
+                continue
             }
+            if byteFallback {
+                let bytes = s.utf8.compactMap { vocab[String(format: "<0x%02X>", $0)] }
+                if bytes.count == s.utf8.count {
+                    ids += bytes
+                    lastWasUnk = false
+                    continue
+                }
+            }
+            if let u = unkId, !(fuseUnk && lastWasUnk) { ids.append(u) }
+            lastWasUnk = unkId != nil
         }
         while ids.count > 1 {
             var best: (rank: Int, pos: Int, id: Int)? = nil

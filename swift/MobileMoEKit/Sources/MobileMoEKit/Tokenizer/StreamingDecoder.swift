@@ -6,10 +6,13 @@ public struct StreamingDecoder {
     private let tokenizer: Tokenizer
     private let skipSpecialTokens: Bool
     private var pending: [UInt8] = []
+    /// Leading characters the decoder still strips from the start of the text (sentencepiece).
+    private var stripLeft: Int
 
     public init(tokenizer: Tokenizer, skipSpecialTokens: Bool = true) {
         self.tokenizer = tokenizer
         self.skipSpecialTokens = skipSpecialTokens
+        stripLeft = tokenizer.decoder.stripLeading?.count ?? 0
     }
 
     /// Text that became complete with `token` (possibly empty).
@@ -23,13 +26,21 @@ public struct StreamingDecoder {
         let ready = pending[..<(pending.count - keep)]
         let text = String(decoding: ready, as: UTF8.self)
         pending.removeFirst(pending.count - keep)
-        return text
+        return strip(text)
     }
 
     /// Whatever is left (an unfinished character shows as U+FFFD).
     public mutating func finish() -> String {
         defer { pending = [] }
-        return String(decoding: pending, as: UTF8.self)
+        return strip(String(decoding: pending, as: UTF8.self))
+    }
+
+    private mutating func strip(_ text: String) -> String {
+        guard stripLeft > 0, !text.isEmpty, let c = tokenizer.decoder.stripLeading?.content else { return text }
+        var s = Substring(text).unicodeScalars
+        while stripLeft > 0, s.first == c { s = s.dropFirst(); stripLeft -= 1 }
+        if !s.isEmpty { stripLeft = 0 }  // only the very start of the text is stripped
+        return String(s)
     }
 
     /// Length of a trailing sequence that is a valid but unfinished UTF-8 character (0...3).

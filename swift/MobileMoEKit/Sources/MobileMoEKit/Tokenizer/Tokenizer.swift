@@ -1,6 +1,8 @@
-// A `tokenizer.json` (Hugging Face tokenizers) byte-level BPE tokenizer: normalizer (none/NFC/
-// NFKC), pre-tokenizer (Split + ByteLevel), BPE model, added/special tokens, TemplateProcessing
-// post-processor, ByteLevel decoder; plus tokenizer_config.json's chat template and bos/eos.
+// A `tokenizer.json` (Hugging Face tokenizers) BPE tokenizer in the two shapes checkpoints
+// ship: byte-level (Llama 3 and our own: Split + ByteLevel, ByteLevel decoder) and
+// sentencepiece-exported (Prepend/Replace normalizers or a Metaspace pre-tokenizer, byte
+// fallback, Replace/ByteFallback/Fuse/Strip decoders). Added/special tokens, TemplateProcessing
+// post-processor; plus tokenizer_config.json's chat template and bos/eos.
 import Foundation
 
 public enum TokenizerError: Error, CustomStringConvertible, Equatable {
@@ -22,6 +24,7 @@ public final class Tokenizer: @unchecked Sendable {
     let added: AddedVocabulary
     let normalizer: Normalizer
     let preTokenizer: PreTokenizer?
+    let decoder: TokenDecoder
     /// Ids put around a sequence when `addSpecialTokens` (TemplateProcessing "single").
     let prefixIds: [Int], suffixIds: [Int]
     private let addedById: [Int: AddedToken]
@@ -62,7 +65,8 @@ public final class Tokenizer: @unchecked Sendable {
             return (a, b)
         }
         model = try BPEModel(vocab: vocab, merges: merges, ignoreMerges: m["ignore_merges"]?.bool ?? false,
-                             byteFallback: m["byte_fallback"]?.bool ?? false, unkToken: m["unk_token"]?.string)
+                             byteFallback: m["byte_fallback"]?.bool ?? false, unkToken: m["unk_token"]?.string,
+                             fuseUnk: m["fuse_unk"]?.bool ?? false)
 
         let addedTokens: [AddedToken] = try (json["added_tokens"]?.array ?? []).map { t in
             guard let id = t["id"]?.int, let content = t["content"]?.string else { throw TokenizerError.invalid("added token without id/content") }
@@ -73,7 +77,7 @@ public final class Tokenizer: @unchecked Sendable {
         addedById = Dictionary(addedTokens.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         normalizer = try Normalizer(json: json["normalizer"] ?? .null)
         if let pre = json["pre_tokenizer"], !pre.isNull { preTokenizer = try PreTokenizer(json: pre) } else { preTokenizer = nil }
-        if let d = json["decoder"], !d.isNull { try Tokenizer.checkDecoder(d) }
+        decoder = try TokenDecoder(json: json["decoder"] ?? .null)
         (prefixIds, suffixIds) = try Tokenizer.template(json["post_processor"] ?? .null)
         vocabularySize = max((vocab.values.max() ?? -1) + 1, (addedTokens.map(\.id).max() ?? -1) + 1)
 
@@ -97,7 +101,9 @@ public final class Tokenizer: @unchecked Sendable {
             case let .token(id): ids.append(id)
             case let .text(s):
                 let normalized = normalizer.apply(String(s))
-                let pieces = preTokenizer?.apply([normalized]) ?? [normalized]
+                // Metaspace's prepend_scheme "first" prepends only at the start of the input.
+                let atStart = s.startIndex == text.startIndex
+                let pieces = preTokenizer?.apply([normalized], atStart: atStart) ?? [normalized]
                 for piece in pieces where !piece.isEmpty { ids += model.encode(word: piece) }
             }
         }
@@ -105,17 +111,18 @@ public final class Tokenizer: @unchecked Sendable {
         return ids
     }
 
-    /// The UTF-8 bytes of one token (empty for a skipped special token).
+    /// The UTF-8 bytes of one token (empty for a skipped special token), before the decoder's
+    /// rule for the start of the text (`decode` and StreamingDecoder apply it).
     public func bytes(of id: Int, skipSpecialTokens: Bool = true) -> [UInt8] {
         if let a = addedById[id] {
-            return a.special && skipSpecialTokens ? [] : ByteLevel.decode(a.content)
+            return a.special && skipSpecialTokens ? [] : decoder.bytes(a.content)
         }
         guard let t = model.idToToken[id] else { return [] }
-        return ByteLevel.decode(t)
+        return decoder.bytes(t)
     }
 
     public func decode(_ ids: [Int], skipSpecialTokens: Bool = true) -> String {
-        String(decoding: ids.flatMap { bytes(of: $0, skipSpecialTokens: skipSpecialTokens) }, as: UTF8.self)
+        decoder.stripped(String(decoding: ids.flatMap { bytes(of: $0, skipSpecialTokens: skipSpecialTokens) }, as: UTF8.self))
     }
 
     public func tokenId(_ token: String) -> Int? {
@@ -125,16 +132,6 @@ public final class Tokenizer: @unchecked Sendable {
     public func isSpecial(_ id: Int) -> Bool { addedById[id]?.special ?? false }
 
     // MARK: json pieces
-
-    static func checkDecoder(_ d: JSONValue) throws {
-        switch d["type"]?.string {
-        case "ByteLevel": return
-        case "Sequence":
-            for item in d["decoders"]?.array ?? [] { try checkDecoder(item) }
-        case let other:
-            throw TokenizerError.unsupported("decoder '\(other ?? "?")' (only ByteLevel)")
-        }
-    }
 
     /// TemplateProcessing's "single" template as ids before and after the sequence.
     static func template(_ p: JSONValue) throws -> ([Int], [Int]) {
@@ -160,30 +157,6 @@ public final class Tokenizer: @unchecked Sendable {
             return (pre, post)
         case let other:
             throw TokenizerError.unsupported("post-processor '\(other!)'")
-        }
-    }
-}
-
-enum Normalizer {
-    case none, nfc, nfkc
-    indirect case sequence([Normalizer])
-
-    init(json: JSONValue) throws {
-        if json.isNull { self = .none; return }
-        switch json["type"]?.string {
-        case "NFC": self = .nfc
-        case "NFKC": self = .nfkc
-        case "Sequence": self = .sequence(try (json["normalizers"]?.array ?? []).map(Normalizer.init(json:)))
-        case let other: throw TokenizerError.unsupported("normalizer '\(other ?? "?")' (supported: none, NFC, NFKC)")
-        }
-    }
-
-    func apply(_ s: String) -> String {
-        switch self {
-        case .none: return s
-        case .nfc: return s.precomposedStringWithCanonicalMapping
-        case .nfkc: return s.precomposedStringWithCompatibilityMapping
-        case let .sequence(steps): return steps.reduce(s) { $1.apply($0) }
         }
     }
 }
