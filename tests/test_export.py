@@ -48,6 +48,13 @@ def test_load_of_export_matches_fake_quant_model(tmp_path, scales, act_bits):
     loaded = checkpoint.load_model(out_dir)
     assert loaded.args.quantization["format"] == "mobilemoe-int4-g32"
     np.testing.assert_allclose(np.array(loaded(x)), np.array(ref), rtol=0, atol=LOGIT_ATOL)
+    # its exact float copy (what the quant report scores on CPU) has the fake-quant weights
+    deq = qat.dequantize_model(loaded)
+    fq_weights = {p: mod.quantized_weight() for p, mod in qat.fake_quant_modules(m).items()}
+    for p, mod in deq.named_modules():
+        if p in fq_weights:
+            assert mx.array_equal(mod.weight, fq_weights[p]).item(), p
+    np.testing.assert_allclose(np.array(deq(x)), np.array(ref), rtol=0, atol=LOGIT_ATOL)
 
     # the packed bytes decode to exactly the integers the fake-quant forward pass used
     tensors, headers = checkpoint.read_tensors(out_dir)
