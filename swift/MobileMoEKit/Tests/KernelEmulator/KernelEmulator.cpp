@@ -118,10 +118,12 @@ extern "C" int mme_launch(const char *name, void *const *b, int32_t count, int32
     run([&] {
       MM_SHARED_DECL float red[MM_DEC_RED];
       MM_SHARED_DECL float sh[MM_CT * 8];
+      MM_SHARED_DECL int ch[MM_MAX_K];
+      MM_SHARED_DECL float chw[MM_MAX_K];
       mm_moe_down_decode<float, H16, true>(
           BUF(0, const float *), BUF(1, const float *), BUF(2, const int *), BUF(3, const float *), BUF(4, const uint32_t *),
           BUF(5, const H16 *), BUF(6, const uint32_t *), BUF(7, const H16 *), BUF(8, const int *), BUF(9, float *), red, sh,
-          tid, gid, lane, warp);
+          ch, chw, tid, gid, lane, warp);
     });
   } else if (is("moe_route_f32")) {
     run([&] {

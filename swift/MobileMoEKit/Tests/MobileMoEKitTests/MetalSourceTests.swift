@@ -52,7 +52,7 @@ final class MetalSourceTests: XCTestCase {
     func testEveryLaunchHasAnEntryPoint() throws {
         let source = try KernelSources.metalLibrarySource()
         let weights = EmulatedGPUTests.weights
-        let plan = GPUForwardPlan(weights: weights)
+        let plan = GPUForwardPlan(weights: weights, geometry: try KernelGeometry.shipped())
         let used = Set((plan.launches(tokens: 3, position: 0, expertsPerToken: 2) + plan.launches(tokens: 40, position: 3, expertsPerToken: 2)).map(\.kernel))
         XCTAssertEqual(used, Set(KernelSources.kernelNames))
         for name in KernelSources.kernelNames {
@@ -62,20 +62,14 @@ final class MetalSourceTests: XCTestCase {
         }
     }
 
-    func testGeometryMatchesHeaders() throws {
-        var defines: [String: Int] = [:]
-        for f in KernelSources.files {
-            for line in try KernelSources.text(f).split(separator: "\n") where line.hasPrefix("#define MM_") || line.hasPrefix("#define MO_") {
-                let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-                if parts.count >= 3, let v = Int(parts[2]) { defines[String(parts[1])] = v }
-            }
-        }
-        let g = KernelGeometry.self
-        let expected: [(String, Int)] = [("MM_NT", g.threads), ("MM_NW", g.simdGroups), ("MM_MAX_E", g.maxExperts),
-                                         ("MM_MAX_K", g.maxK), ("MM_PT", g.pairsPerGroup), ("MM_CT", g.downWordsPerGroup),
-                                         ("MM_BM", g.tileRows), ("MM_BH", g.tileHalf), ("MO_TOK", g.linearTokens),
-                                         ("MO_MAX_D", g.maxHeadDim), ("MM_RPW", g.sharedRowsPerGroup / g.simdGroups),
-                                         ("MM_MAX_H", g.maxHidden)]
-        for (name, value) in expected { XCTAssertEqual(defines[name], value, name) }
+    func testGeometryIsReadFromTheHeaders() throws {
+        let g = try KernelGeometry.shipped()
+        XCTAssertEqual(g.threads, 256)
+        XCTAssertEqual(g.simdGroups * 32, g.threads)
+        XCTAssertEqual(g.maxHeadDim, 256)
+        XCTAssertEqual(g.linearTokens, 8)
+        XCTAssertEqual(IntExpression.evaluate("(MM_RPW * MM_NW)", names: ["MM_RPW": 4, "MM_NW": 8]), 32)
+        XCTAssertEqual(IntExpression.evaluate(" (2 * B + 4) ", names: ["B": 64]), 132)
+        XCTAssertNil(IntExpression.evaluate("(-3.0e38f)", names: [:]))
     }
 }

@@ -18,6 +18,7 @@ using namespace metal;
 #define MM_BARRIER() threadgroup_barrier(mem_flags::mem_threadgroup)
 #define MM_UNROLL _Pragma("clang loop unroll(full)")
 #define MM_UNROLL4 _Pragma("clang loop unroll_count(4)")  // partial unroll of a runtime-bound loop
+#define MM_UNROLL8 _Pragma("clang loop unroll_count(8)")
 
 MM_FN float mm_f32(float v) { return v; }
 MM_FN float mm_f32(half v) { return float(v); }

@@ -52,36 +52,43 @@ struct mm_choice {
 
 // Router scores of ntok (<= MM_NW) tokens: scores[j * E + e] = sigmoid(x_j . router_e),
 // in float32. x: ntok rows of H values (threadgroup floats or the activations in device
-// memory). SIMD group g takes experts g, g + 8, ... two at a time; its lanes read the router
-// rows 16 bytes at a time (the router is the largest read of a decode step). Ends with a
-// barrier.
+// memory). The router is the largest read of a decode step, so each SIMD group keeps 8
+// experts' 16-byte loads in flight: SIMD group g takes experts g + 8q (q < 8) of every 64.
+// Ends with a barrier.
 template <typename XP>
 MM_FN void mm_route_scores(XP x, int ntok, const MM_GLOBAL float* rw, int H, int E,
                            MM_SHARED float* scores, uint32_t lane, uint32_t warp) {
-  for (int e0 = int(warp); e0 < E; e0 += 2 * MM_NW) {
-    const int e1 = e0 + MM_NW < E ? e0 + MM_NW : e0;  // second expert (or e0 again)
-    const MM_GLOBAL float* r0 = rw + uint32_t(e0) * uint32_t(H);
-    const MM_GLOBAL float* r1 = rw + uint32_t(e1) * uint32_t(H);
-    float a0[MM_NW], a1[MM_NW];
-    MM_UNROLL for (int j = 0; j < MM_NW; ++j) a0[j] = a1[j] = 0.0f;
-    MM_UNROLL4 for (int h = 4 * int(lane); h < H; h += 128) {
-      const mm_float4 v0 = mm_ld4(r0 + h), v1 = mm_ld4(r1 + h);
+  for (int base = 0; base < E; base += 8 * MM_NW) {
+    float acc[MM_NW][8];
+    MM_UNROLL for (int j = 0; j < MM_NW; ++j) {
+      MM_UNROLL for (int q = 0; q < 8; ++q) acc[j][q] = 0.0f;
+    }
+    for (int h = 4 * int(lane); h < H; h += 128) {
+      mm_float4 v[8];
+      MM_UNROLL for (int q = 0; q < 8; ++q) {
+        const int e = base + int(warp) + MM_NW * q;
+        if (e < E) {
+          v[q] = mm_ld4(rw + uint32_t(e) * uint32_t(H) + uint32_t(h));
+        } else {
+          v[q].x = v[q].y = v[q].z = v[q].w = 0.0f;
+        }
+      }
       MM_UNROLL for (int j = 0; j < MM_NW; ++j) {
         if (j < ntok) {
           const uint32_t o = uint32_t(j) * uint32_t(H) + uint32_t(h);
           const float x0 = mm_f32(x[o]), x1 = mm_f32(x[o + 1]);
           const float x2 = mm_f32(x[o + 2]), x3 = mm_f32(x[o + 3]);
-          a0[j] += v0.x * x0 + v0.y * x1 + v0.z * x2 + v0.w * x3;
-          a1[j] += v1.x * x0 + v1.y * x1 + v1.z * x2 + v1.w * x3;
+          MM_UNROLL for (int q = 0; q < 8; ++q)
+            acc[j][q] += v[q].x * x0 + v[q].y * x1 + v[q].z * x2 + v[q].w * x3;
         }
       }
     }
     MM_UNROLL for (int j = 0; j < MM_NW; ++j) {
       if (j < ntok) {
-        const float s0 = mm_simd_sum(a0[j]), s1 = mm_simd_sum(a1[j]);
-        if (lane == 0) {
-          scores[j * E + e0] = 1.0f / (1.0f + mm_exp(-s0));
-          scores[j * E + e1] = 1.0f / (1.0f + mm_exp(-s1));
+        MM_UNROLL for (int q = 0; q < 8; ++q) {
+          const int e = base + int(warp) + MM_NW * q;
+          const float s = mm_simd_sum(acc[j][q]);
+          if (lane == 0 && e < E) scores[j * E + e] = 1.0f / (1.0f + mm_exp(-s));
         }
       }
     }

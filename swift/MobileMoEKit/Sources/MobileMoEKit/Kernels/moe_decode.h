@@ -9,7 +9,7 @@
 #ifndef MM_MOE_DECODE_H
 #define MM_MOE_DECODE_H
 
-#define MM_PT 8                 // launch 1: word pairs (gate word + up word) per routed group
+#define MM_PT 4                 // launch 1: word pairs (gate word + up word) per routed group
 #define MM_RS (MM_NT / MM_PT)   // launch 1: row splits of the hidden axis
 #define MM_RPW 4                // launch 1: shared-expert rows per SIMD group
 #define MM_RPB (MM_RPW * MM_NW) // launch 1: shared-expert rows per threadgroup
@@ -25,6 +25,7 @@ MM_FN int mm_gate_up_decode_groups(int K, int I, int S) {
 }
 
 // Launch 1. Grid: T * mm_gate_up_decode_groups(K, I, S) threadgroups of MM_NT threads.
+// x is first staged in threadgroup memory as float (xs, H <= MM_MAX_H).
 // Threadgroup j of token t: j < R (routed): routes token t (recomputed by every routed
 // group: cheaper than a launch), then for its MM_PT (slot, word) pairs sums over the hidden
 // axis in MM_RS row splits and applies SwiGLU; group 0 also writes sel/selw. j >= R:
@@ -91,12 +92,20 @@ MM_FN void mm_moe_gate_up_decode(
       red[(rs * MM_PT + pl) * 16 + 8 + i] = au[i];
     }
     MM_BARRIER();
+    // MM_PT * 16 sums over MM_RS row splits: 4 partial sums per output, then their total
+    const int o = int(tid) % (MM_PT * 16), part = int(tid) / (MM_PT * 16);
+    constexpr int NPART = MM_NT / (MM_PT * 16), SPAN = MM_RS / NPART;
+    float v = 0.0f;
+    MM_UNROLL for (int s = 0; s < SPAN; ++s) v += red[(part * SPAN + s) * MM_PT * 16 + o];
+    MM_BARRIER();
+    red[part * MM_PT * 16 + o] = v;
+    MM_BARRIER();
     if (int(tid) < MM_PT * 8) {
       const int pp = int(tid) / 8, i = int(tid) % 8;
       float g = 0.0f, u = 0.0f;
-      for (int s = 0; s < MM_RS; ++s) {
-        g += red[(s * MM_PT + pp) * 16 + i];
-        u += red[(s * MM_PT + pp) * 16 + 8 + i];
+      MM_UNROLL for (int q = 0; q < NPART; ++q) {
+        g += red[q * MM_PT * 16 + pp * 16 + i];
+        u += red[q * MM_PT * 16 + pp * 16 + 8 + i];
       }
       const int p2 = j * MM_PT + pp;
       if (p2 < K * IW) {
@@ -151,8 +160,8 @@ MM_FN void mm_moe_down_decode(
     const MM_GLOBAL float* h, const MM_GLOBAL float* hs, const MM_GLOBAL int* sel,
     const MM_GLOBAL float* selw, const MM_GLOBAL uint32_t* dn_w, const MM_GLOBAL ST* dn_s,
     const MM_GLOBAL uint32_t* sd_w, const MM_GLOBAL ST* sd_s, const MM_GLOBAL int* dims,
-    MM_GLOBAL T* y, MM_SHARED float* red, MM_SHARED float* sh_out,
-    uint32_t tid, uint32_t gid, uint32_t lane, uint32_t warp) {
+    MM_GLOBAL T* y, MM_SHARED float* red, MM_SHARED float* sh_out, MM_SHARED int* ch_e,
+    MM_SHARED float* ch_w, uint32_t tid, uint32_t gid, uint32_t lane, uint32_t warp) {
   const int T_ = dims[MM_D_T], H = dims[MM_D_H], I = dims[MM_D_I], S = dims[MM_D_S];
   const int K = dims[MM_D_K];
   const int HW = H / 8, HG = H / 32;
@@ -160,23 +169,23 @@ MM_FN void mm_moe_down_decode(
   const int t = int(gid) / per_tok, c = int(gid) % per_tok;
   if (t >= T_) return;
 
+  if (int(tid) < K) {
+    ch_e[tid] = sel[t * K + int(tid)];
+    ch_w[tid] = selw[t * K + int(tid)];
+  }
+  MM_BARRIER();
   const int cw = int(tid) % MM_CT, rs = int(tid) / MM_CT;
   const int wcol = c * MM_CT + cw;
   float acc[8];
   MM_UNROLL for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
   if (wcol < HW) {
-    for (int r = 0; r < K; ++r) {
-      const uint32_t slot = uint32_t(t) * uint32_t(K) + uint32_t(r);
-      const uint32_t e = uint32_t(sel[slot]);
-      const float wr = selw[slot];
-      const MM_GLOBAL float* hr = h + slot * uint32_t(I);
-      const MM_GLOBAL uint32_t* wp = dn_w + e * uint32_t(I) * uint32_t(HW) + uint32_t(wcol);
-      const MM_GLOBAL ST* sp = dn_s + e * uint32_t(I) * uint32_t(HG) + uint32_t(wcol / 4);
-      MM_UNROLL4 for (int i0 = rs; i0 < I; i0 += MM_DRS) {
-        const uint32_t q = mm_word<OFFICIAL>(wp, uint32_t(i0) * uint32_t(HW));
-        const float cz = wr * hr[i0] * mm_f32(sp[uint32_t(i0) * uint32_t(HG)]);
-        MM_UNROLL for (int i = 0; i < 8; ++i) acc[i] += cz * mm_nib(q, i);
-      }
+    const MM_GLOBAL float* ht = h + uint32_t(t) * uint32_t(K) * uint32_t(I);
+    MM_UNROLL8 for (int q = rs; q < K * I; q += MM_DRS) {  // row q = (slot r, row i of e_r)
+      const int r = q / I, i0 = q - r * I;
+      const uint32_t row = uint32_t(ch_e[r]) * uint32_t(I) + uint32_t(i0);
+      const uint32_t w = mm_word<OFFICIAL>(dn_w, row * uint32_t(HW) + uint32_t(wcol));
+      const float cz = ch_w[r] * ht[q] * mm_f32(dn_s[row * uint32_t(HG) + uint32_t(wcol / 4)]);
+      MM_UNROLL for (int i = 0; i < 8; ++i) acc[i] += cz * mm_nib(w, i);
     }
   }
   MM_UNROLL for (int i = 0; i < 8; ++i) red[(rs * MM_CT + cw) * 8 + i] = acc[i];
@@ -186,7 +195,7 @@ MM_FN void mm_moe_down_decode(
     const MM_GLOBAL float* hst = hs + uint32_t(t) * uint32_t(S);
     float sa[4];
     MM_UNROLL for (int q = 0; q < 4; ++q) sa[q] = 0.0f;
-    MM_UNROLL4 for (int w = int(lane); w < SW; w += 32) {
+    MM_UNROLL8 for (int w = int(lane); w < SW; w += 32) {
       float hv[8];
       MM_UNROLL for (int i = 0; i < 8; ++i) hv[i] = hst[w * 8 + i];
       MM_UNROLL for (int q = 0; q < 4; ++q) {

@@ -26,7 +26,7 @@
 // Decode (T small, e.g. T <= 8): two launches.
 //   moe_gate_up_decode  x[T,H] rw eb gu_w gu_s sg_w sg_s su_w su_s dims fp
 //                       -> h float[T*K, I], hs float[T, S], sel int[T*K], selw float[T*K]
-//                       groups = T * (ceil(K*I/8 / 8) + ceil(S / 32))
+//                       groups = T * (ceil(K*I/8 / 4) + ceil(S / 32))
 //   moe_down_decode     h hs sel selw dn_w dn_s sd_w sd_s dims -> y[T, H]
 //                       groups = T * ceil(H / 32)
 // Prefill (many tokens): four launches.
@@ -74,8 +74,11 @@ template <typename T>
     const device int* dims [[buffer(8)]], device T* y [[buffer(9)]], MM_IDS) {
   threadgroup float mm_red[MM_DEC_RED];
   threadgroup float mm_sh[MM_CT * 8];
+  threadgroup int mm_ch[MM_MAX_K];
+  threadgroup float mm_chw[MM_MAX_K];
   mm_moe_down_decode<T, half, true>(h, hs, sel, selw, dn_w, dn_s, sd_w, sd_s, dims, y, mm_red,
-                                    mm_sh, mm_tid3.x, mm_gid3.x, mm_lane, mm_warp);
+                                    mm_sh, mm_ch, mm_chw, mm_tid3.x, mm_gid3.x, mm_lane,
+                                    mm_warp);
 }
 
 template <typename T>

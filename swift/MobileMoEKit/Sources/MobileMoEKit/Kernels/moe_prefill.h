@@ -21,9 +21,10 @@
 #define MM_BM 32
 #define MM_BK 32
 #define MM_BH 64                     // columns per half tile
-#define MM_AS_LD (MM_BK + 8)         // padded row of the A tile (32-byte aligned rows)
+#define MM_AS_LD (MM_BK + 4)         // padded rows: no bank conflicts, 16-byte multiples
+#define MM_BS_LD (2 * MM_BH + 4)
 #define MM_AS_SIZE (MM_BM * MM_AS_LD)
-#define MM_BS_SIZE (MM_BK * 2 * MM_BH)  // also holds the MM_BM x 128 result
+#define MM_BS_SIZE (MM_BK * MM_BS_LD)  // also holds the MM_BM x 128 result (MM_BM == MM_BK)
 #define MM_LIST_SIZE (MM_BM + MM_NT)
 
 // ---------------------------------------------------------------------------------------
@@ -57,6 +58,71 @@ MM_FN void mm_moe_route(const MM_GLOBAL T* x, const MM_GLOBAL float* rw,
 // ldw / lds: words / scales per stored row. The result is handed out per thread: thread
 // (ty = tid / 32, tx = tid % 32) gets rows 4ty..4ty+3 and columns half*64 + 32j + tx.
 template <typename AT, typename ST, bool OFFICIAL>
+MM_FN void mm_tile_fetch(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int* list,
+                         int nrows, int kk, bool kn, const MM_GLOBAL uint32_t* w0,
+                         const MM_GLOBAL ST* s0, int off0, int ncol0,
+                         const MM_GLOBAL uint32_t* w1, const MM_GLOBAL ST* s1, int off1,
+                         int ncol1, int ldw, int lds, MM_THREAD float* ar,
+                         MM_THREAD uint32_t* bq, MM_THREAD float* bs, uint32_t tid) {
+  MM_UNROLL for (int z = 0; z < (MM_BM * MM_BK) / MM_NT; ++z) {
+    const int idx = int(tid) + MM_NT * z;
+    const int m = idx / MM_BK, k = idx % MM_BK;
+    ar[z] = m < nrows ? mm_f32(A[uint32_t(list[m] / adiv) * uint32_t(lda) + uint32_t(kk + k)])
+                      : 0.0f;
+  }
+  MM_UNROLL for (int z = 0; z < 2; ++z) {  // 512 words: 2 per thread
+    const int idx = int(tid) + MM_NT * z;
+    bq[z] = 0u;
+    bs[z] = 0.0f;  // columns past the matrix dequantize to 0
+    if (kn) {
+      const int k = idx / 16, hw = idx % 16, hf = hw / 8, wi = hw % 8;
+      const int off = hf == 0 ? off0 : off1, nc = hf == 0 ? ncol0 : ncol1;
+      if (wi * 8 < nc) {
+        const uint32_t rowi = uint32_t(kk + k);
+        bq[z] = mm_word<OFFICIAL>(hf == 0 ? w0 : w1, rowi * uint32_t(ldw) + uint32_t(off + wi));
+        bs[z] = mm_f32((hf == 0 ? s0 : s1)[rowi * uint32_t(lds) + uint32_t((off + wi) / 4)]);
+      }
+    } else {
+      const int c2 = idx / 4, wi = idx % 4, hf = c2 / MM_BH, c = c2 % MM_BH;
+      const int off = hf == 0 ? off0 : off1, nc = hf == 0 ? ncol0 : ncol1;
+      if (c < nc) {
+        const uint32_t n = uint32_t(off + c);
+        bq[z] = mm_word<OFFICIAL>(hf == 0 ? w0 : w1, n * uint32_t(ldw) + uint32_t(kk / 8 + wi));
+        bs[z] = mm_f32((hf == 0 ? s0 : s1)[n * uint32_t(lds) + uint32_t(kk / 32)]);
+      }
+    }
+  }
+}
+
+MM_FN void mm_tile_stage(bool kn, MM_THREAD float* ar, MM_THREAD uint32_t* bq,
+                         MM_THREAD float* bs, MM_SHARED float* As, MM_SHARED float* Bs,
+                         uint32_t tid) {
+  MM_UNROLL for (int z = 0; z < (MM_BM * MM_BK) / MM_NT; ++z) {
+    const int idx = int(tid) + MM_NT * z;
+    As[(idx / MM_BK) * MM_AS_LD + idx % MM_BK] = ar[z];
+  }
+  MM_UNROLL for (int z = 0; z < 2; ++z) {
+    const int idx = int(tid) + MM_NT * z;
+    if (kn) {
+      const int k = idx / 16, hw = idx % 16;
+      MM_SHARED float* dst = Bs + k * MM_BS_LD + (hw / 8) * MM_BH + (hw % 8) * 8;
+      MM_UNROLL for (int i = 0; i < 8; ++i) dst[i] = bs[z] * mm_nib(bq[z], i);
+    } else {
+      const int c2 = idx / 4, wi = idx % 4;
+      MM_UNROLL for (int i = 0; i < 8; ++i) Bs[(wi * 8 + i) * MM_BS_LD + c2] = bs[z] * mm_nib(bq[z], i);
+    }
+  }
+}
+
+// One tile: acc[i][half][j] (i < 4 rows, j < 2 columns) = A[rows] . B[:, cols].
+// A row m is A + (list[m] / adiv) * lda, Kd values of type AT. B half hf comes from
+// (w[hf], s[hf]) with column offset off[hf] and ncol[hf] valid columns:
+//   kn = true : B stored [Kd][N] as words along N (routed experts); off in words.
+//   kn = false: B stored [N][Kd] as words along Kd (nn.Linear); off in rows.
+// ldw / lds: words / scales per stored row. The next k-tile is fetched into registers while
+// the matrix units work on the current one. The result is handed out per thread: thread
+// (ty = tid / 32, tx = tid % 32) gets rows 4ty..4ty+3 and columns half*64 + 32j + tx.
+template <typename AT, typename ST, bool OFFICIAL>
 MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int* list,
                    int nrows, int Kd, bool kn, const MM_GLOBAL uint32_t* w0,
                    const MM_GLOBAL ST* s0, int off0, int ncol0, const MM_GLOBAL uint32_t* w1,
@@ -68,66 +134,31 @@ MM_FN void mm_tile(const MM_GLOBAL AT* A, int lda, int adiv, const MM_SHARED int
   mm_acc c0, c1;
   mm_acc_zero(c0);
   mm_acc_zero(c1);
+  float ar[(MM_BM * MM_BK) / MM_NT], bs[2];
+  uint32_t bq[2];
+  mm_tile_fetch<AT, ST, OFFICIAL>(A, lda, adiv, list, nrows, 0, kn, w0, s0, off0, ncol0, w1, s1,
+                                  off1, ncol1, ldw, lds, ar, bq, bs, tid);
   for (int kk = 0; kk < Kd; kk += MM_BK) {
-    // A tile: As[m][k]
-    MM_UNROLL for (int z = 0; z < (MM_BM * MM_BK) / MM_NT; ++z) {
-      const int idx = int(tid) + MM_NT * z;
-      const int m = idx / MM_BK, k = idx % MM_BK;
-      float v = 0.0f;
-      if (m < nrows) {
-        const uint32_t row = uint32_t(list[m] / adiv);
-        v = mm_f32(A[row * uint32_t(lda) + uint32_t(kk + k)]);
-      }
-      As[m * MM_AS_LD + k] = v;
-    }
-    // B tile, dequantized: Bs[k][c], c < 128; 512 words, 2 per thread
-    MM_UNROLL for (int z = 0; z < 2; ++z) {
-      const int idx = int(tid) + MM_NT * z;
-      if (kn) {
-        const int k = idx / 16, hw = idx % 16, hf = hw / 8, wi = hw % 8;
-        const MM_GLOBAL uint32_t* wp = hf == 0 ? w0 : w1;
-        const MM_GLOBAL ST* sp = hf == 0 ? s0 : s1;
-        const int off = hf == 0 ? off0 : off1, nc = hf == 0 ? ncol0 : ncol1;
-        MM_SHARED float* dst = Bs + k * (2 * MM_BH) + hf * MM_BH + wi * 8;
-        if (wi * 8 < nc) {
-          const uint32_t rowi = uint32_t(kk + k);
-          const uint32_t q = mm_word<OFFICIAL>(wp, rowi * uint32_t(ldw) + uint32_t(off + wi));
-          const float sc = mm_f32(sp[rowi * uint32_t(lds) + uint32_t((off + wi) / 4)]);
-          MM_UNROLL for (int i = 0; i < 8; ++i) dst[i] = sc * mm_nib(q, i);
-        } else {
-          MM_UNROLL for (int i = 0; i < 8; ++i) dst[i] = 0.0f;
-        }
-      } else {
-        const int c2 = idx / 4, wi = idx % 4, hf = c2 / MM_BH, c = c2 % MM_BH;
-        const MM_GLOBAL uint32_t* wp = hf == 0 ? w0 : w1;
-        const MM_GLOBAL ST* sp = hf == 0 ? s0 : s1;
-        const int off = hf == 0 ? off0 : off1, nc = hf == 0 ? ncol0 : ncol1;
-        if (c < nc) {
-          const uint32_t n = uint32_t(off + c);
-          const uint32_t q = mm_word<OFFICIAL>(wp, n * uint32_t(ldw) + uint32_t(kk / 8 + wi));
-          const float sc = mm_f32(sp[n * uint32_t(lds) + uint32_t(kk / 32)]);
-          MM_UNROLL for (int i = 0; i < 8; ++i) Bs[(wi * 8 + i) * (2 * MM_BH) + c2] = sc * mm_nib(q, i);
-        } else {
-          MM_UNROLL for (int i = 0; i < 8; ++i) Bs[(wi * 8 + i) * (2 * MM_BH) + c2] = 0.0f;
-        }
-      }
-    }
+    mm_tile_stage(kn, ar, bq, bs, As, Bs, tid);
     MM_BARRIER();
+    if (kk + MM_BK < Kd)
+      mm_tile_fetch<AT, ST, OFFICIAL>(A, lda, adiv, list, nrows, kk + MM_BK, kn, w0, s0, off0,
+                                      ncol0, w1, s1, off1, ncol1, ldw, lds, ar, bq, bs, tid);
     MM_UNROLL for (int k8 = 0; k8 < MM_BK; k8 += 8) {
       const MM_SHARED float* a = As + rb * 16 * MM_AS_LD + k8;
-      const MM_SHARED float* b = Bs + k8 * (2 * MM_BH) + cb * 32;
-      mm_mma16(c0, a, MM_AS_LD, b, 2 * MM_BH);
-      mm_mma16(c1, a, MM_AS_LD, b + 16, 2 * MM_BH);
+      const MM_SHARED float* b = Bs + k8 * MM_BS_LD + cb * 32;
+      mm_mma16(c0, a, MM_AS_LD, b, MM_BS_LD);
+      mm_mma16(c1, a, MM_AS_LD, b + 16, MM_BS_LD);
     }
     MM_BARRIER();
   }
-  // C tile through the B tile's memory (MM_BM x 128 = MM_BK x 128 floats)
-  mm_acc_store(c0, Bs + rb * 16 * (2 * MM_BH) + cb * 32, 2 * MM_BH);
-  mm_acc_store(c1, Bs + rb * 16 * (2 * MM_BH) + cb * 32 + 16, 2 * MM_BH);
+  // C tile through the B tile's memory
+  mm_acc_store(c0, Bs + rb * 16 * MM_BS_LD + cb * 32, MM_BS_LD);
+  mm_acc_store(c1, Bs + rb * 16 * MM_BS_LD + cb * 32 + 16, MM_BS_LD);
   MM_BARRIER();
   MM_UNROLL for (int i = 0; i < 4; ++i) {
     MM_UNROLL for (int c = 0; c < 4; ++c)
-      acc[i * 4 + c] = Bs[(ty * 4 + i) * (2 * MM_BH) + (c / 2) * MM_BH + (c % 2) * 32 + tx];
+      acc[i * 4 + c] = Bs[(ty * 4 + i) * MM_BS_LD + (c / 2) * MM_BH + (c % 2) * 32 + tx];
   }
   MM_BARRIER();
 }

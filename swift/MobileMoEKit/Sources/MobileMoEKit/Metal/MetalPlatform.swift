@@ -13,6 +13,8 @@ final class MetalPlatform: KernelPlatform, @unchecked Sendable {
     let device: MTLDevice
     let queue: MTLCommandQueue
     let pipelines: [String: MTLComputePipelineState]
+    /// Threads per threadgroup of every kernel (MM_NT).
+    let threadsPerGroup: Int
     let weights: MetalWeightBuffers
     let constants: [String: MTLBuffer]
 
@@ -26,6 +28,7 @@ final class MetalPlatform: KernelPlatform, @unchecked Sendable {
         self.device = device
         self.queue = queue
 
+        threadsPerGroup = try KernelGeometry.shipped().threads
         let options = MTLCompileOptions()
         options.fastMathEnabled = false  // faithful exp/rsqrt/cos, as the CPU reference
         let library: MTLLibrary
@@ -40,8 +43,8 @@ final class MetalPlatform: KernelPlatform, @unchecked Sendable {
                 throw InferenceError.backendUnavailable("Metal library has no kernel \(name)")
             }
             let state = try device.makeComputePipelineState(function: function)
-            guard state.maxTotalThreadsPerThreadgroup >= KernelGeometry.threads else {
-                throw InferenceError.backendUnavailable("\(name) allows \(state.maxTotalThreadsPerThreadgroup) threads per threadgroup, needs \(KernelGeometry.threads)")
+            guard state.maxTotalThreadsPerThreadgroup >= threadsPerGroup else {
+                throw InferenceError.backendUnavailable("\(name) allows \(state.maxTotalThreadsPerThreadgroup) threads per threadgroup, needs \(threadsPerGroup)")
             }
             pipelines[name] = state
         }
@@ -124,7 +127,7 @@ final class MetalExecutor: KernelExecutor {
             throw InferenceError.backendUnavailable("cannot make a Metal command buffer")
         }
         let slots = params.contents()
-        let threads = MTLSize(width: KernelGeometry.threads, height: 1, depth: 1)
+        let threads = MTLSize(width: platform.threadsPerGroup, height: 1, depth: 1)
         for (i, launch) in launches.enumerated() {
             let slot = i * MetalExecutor.paramSlot
             launch.dims.withUnsafeBytes { (slots + slot).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -150,7 +153,9 @@ final class MetalExecutor: KernelExecutor {
 extension GPUBackend {
     /// The GPU backend on this device's Metal GPU.
     static func metal(weights: ModelWeights) throws -> GPUBackend {
-        if let why = GPUForwardPlan.unsupportedReason(weights.config) { throw InferenceError.backendUnavailable(why) }
+        if let why = GPUForwardPlan.unsupportedReason(weights.config, try KernelGeometry.shipped()) {
+            throw InferenceError.backendUnavailable(why)  // before compiling any kernel
+        }
         return try GPUBackend(weights: weights, platform: MetalPlatform(weights: weights))
     }
 }

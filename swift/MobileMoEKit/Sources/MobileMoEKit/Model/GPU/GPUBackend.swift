@@ -27,17 +27,18 @@ final class GPUBackend: InferenceBackend, @unchecked Sendable {
     let maxStep: Int
 
     init(weights: ModelWeights, platform: KernelPlatform, maxStep: Int = 128) throws {
-        if let why = GPUForwardPlan.unsupportedReason(weights.config) { throw InferenceError.backendUnavailable(why) }
+        let geometry = try KernelGeometry.shipped()
+        if let why = GPUForwardPlan.unsupportedReason(weights.config, geometry) { throw InferenceError.backendUnavailable(why) }
         self.weights = weights
         self.platform = platform
         self.name = platform.name
         self.maxStep = maxStep
-        plan = GPUForwardPlan(weights: weights)
+        plan = GPUForwardPlan(weights: weights, geometry: geometry)
     }
 
     func makeSession(capacity: Int) throws -> InferenceSession {
         let cap = min(capacity, config.maxPositionEmbeddings)
-        let maxK = min(config.numLocalExperts, KernelGeometry.maxK)
+        let maxK = min(config.numLocalExperts, plan.geometry.maxK)
         let step = min(maxStep, max(cap, 1))
         let executor = try platform.makeExecutor(scratchBytes: plan.scratchBytes(maxStep: step, maxK: maxK),
                                                  cacheBytesPerLayer: 4 * cap * plan.kvRowFloats, layers: config.numHiddenLayers)

@@ -20,27 +20,29 @@ struct GPULayerRefs {
 
 struct GPUForwardPlan {
     let config: ModelConfig
+    let geometry: KernelGeometry
     let embedding: QuantRef
     let layers: [GPULayerRefs]
 
     /// Reasons the GPU kernels cannot run a checkpoint (nil: they can).
-    static func unsupportedReason(_ c: ModelConfig) -> String? {
+    static func unsupportedReason(_ c: ModelConfig, _ g: KernelGeometry) -> String? {
         if !c.isQuantized { return "the GPU kernels read int4 (QAT) checkpoints; this one is BF16" }
         if c.hiddenSize % 32 != 0 || c.intermediateSize % 32 != 0 || c.intermediateSizeMLP % 32 != 0 {
             return "hidden_size, intermediate_size, intermediate_size_mlp must be multiples of 32"
         }
         if (c.numAttentionHeads * c.headDim) % 32 != 0 { return "num_attention_heads * head_dim must be a multiple of 32" }
-        if c.headDim > KernelGeometry.maxHeadDim { return "head_dim \(c.headDim) > \(KernelGeometry.maxHeadDim)" }
-        if c.hiddenSize > KernelGeometry.maxHidden { return "hidden_size \(c.hiddenSize) > \(KernelGeometry.maxHidden)" }
-        if c.numLocalExperts < 8 || c.numLocalExperts > KernelGeometry.maxExperts {
-            return "num_local_experts \(c.numLocalExperts) outside 8...\(KernelGeometry.maxExperts)"
+        if c.headDim > g.maxHeadDim { return "head_dim \(c.headDim) > \(g.maxHeadDim)" }
+        if c.hiddenSize > g.maxHidden { return "hidden_size \(c.hiddenSize) > \(g.maxHidden)" }
+        if c.numLocalExperts < 8 || c.numLocalExperts > g.maxExperts {
+            return "num_local_experts \(c.numLocalExperts) outside 8...\(g.maxExperts)"
         }
-        if c.numExpertsPerTok > KernelGeometry.maxK { return "num_experts_per_tok > \(KernelGeometry.maxK)" }
+        if c.numExpertsPerTok > g.maxK { return "num_experts_per_tok > \(g.maxK)" }
         return nil
     }
 
-    init(weights w: ModelWeights) {
+    init(weights w: ModelWeights, geometry: KernelGeometry) {
         config = w.config
+        self.geometry = geometry
         embedding = QuantRef(w.embedding)
         layers = w.layers.map { l in
             GPULayerRefs(q: QuantRef(l.q), k: QuantRef(l.k), v: QuantRef(l.v), o: QuantRef(l.o),
@@ -85,7 +87,7 @@ struct GPUForwardPlan {
     /// The launches of one step: `T` tokens (already in .tokens) at cache position `pos0`.
     func launches(tokens T: Int, position pos0: Int, expertsPerToken k: Int) -> [KernelLaunch] {
         let c = config, H = c.hiddenSize, D = c.headDim, nH = c.numAttentionHeads, nKV = c.numKeyValueHeads
-        let eps = c.rmsNormEps, g = KernelGeometry.self
+        let eps = c.rmsNormEps, g = geometry
         var out: [KernelLaunch] = []
         func b(_ r: BufferRef, _ offset: Int = 0) -> Binding { Binding(ref: r, offset: offset) }
         func s(_ x: Scratch, _ offset: Int = 0) -> Binding { Binding(ref: .scratch(x), offset: offset) }
@@ -136,7 +138,7 @@ struct GPUForwardPlan {
         let c = config, H = c.hiddenSize, I = c.intermediateSize, S = c.intermediateSizeMLP, E = c.numLocalExperts
         let dims = [T, H, I, S, E, k, c.normTopkProb ? 1 : 0]
         let fp = [c.routedScalingFactor]
-        let g = KernelGeometry.self
+        let g = geometry
         func b(_ r: BufferRef) -> Binding { Binding(ref: r) }
         func s(_ x: Scratch) -> Binding { Binding(ref: .scratch(x)) }
         func launch(_ name: String, _ bindings: [Binding], groups: Int) {
@@ -147,7 +149,7 @@ struct GPUForwardPlan {
         let sharedDown: [Binding] = l.sharedDown.map { [b($0.words), b($0.scales)] } ?? [zeros, zeros]
         let router = b(.constant("router.\(i)")), bias = b(.constant("expert_bias.\(i)"))
         let gu = [b(l.gateUp.words), b(l.gateUp.scales)], dn = [b(l.down.words), b(l.down.scales)]
-        if T <= g.decodeMaxTokens {
+        if T <= KernelGeometry.decodeMaxTokens {
             let perToken = ceilDiv(k * (I / 8), g.pairsPerGroup) + (S > 0 ? ceilDiv(S, g.sharedRowsPerGroup) : 0)
             launch("moe_gate_up_decode_f32", [s(.xn), router, bias] + gu + shared + [b(.dims), b(.fp), s(.moeH), s(.moeHS), s(.sel), s(.selw)],
                    groups: T * perToken)

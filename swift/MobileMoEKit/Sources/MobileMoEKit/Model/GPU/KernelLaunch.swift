@@ -55,22 +55,95 @@ struct KernelLaunch {
     }
 }
 
-/// Launch geometry constants of the kernel bodies (#defines of metal/moe_*.h and
-/// mobilemoe_ops.h); a test checks them against the headers.
-enum KernelGeometry {
-    static let threads = 256       // MM_NT
-    static let simdGroups = 8      // MM_NW
-    static let maxExperts = 256    // MM_MAX_E
-    static let maxK = 8            // MM_MAX_K
-    static let pairsPerGroup = 8   // MM_PT
-    static let sharedRowsPerGroup = 32  // MM_RPB
-    static let downWordsPerGroup = 4    // MM_CT
-    static let tileRows = 32       // MM_BM
-    static let tileHalf = 64       // MM_BH
-    static let linearTokens = 8    // MO_TOK
-    static let maxHeadDim = 256    // MO_MAX_D
-    static let maxHidden = 2048    // MM_MAX_H (the MoE decode kernel stages x in threadgroup memory)
-    static let decodeMaxTokens = 8 // tokens up to which the MoE takes the decode path (as moe_ffn.py)
+/// Launch geometry of the kernel bodies, read from the #defines of the shipped headers at run
+/// time (as mlx_mobilemoe/kernels/moe_ffn.py does), so grids always match the bodies.
+struct KernelGeometry {
+    let threads: Int             // MM_NT
+    let simdGroups: Int          // MM_NW
+    let maxExperts: Int          // MM_MAX_E
+    let maxK: Int                // MM_MAX_K
+    let maxHidden: Int           // MM_MAX_H (the MoE decode kernel stages x in threadgroup memory)
+    let pairsPerGroup: Int       // MM_PT
+    let sharedRowsPerGroup: Int  // MM_RPB
+    let downWordsPerGroup: Int   // MM_CT
+    let tileRows: Int            // MM_BM
+    let tileHalf: Int            // MM_BH
+    let linearTokens: Int        // MO_TOK
+    let maxHeadDim: Int          // MO_MAX_D
+    /// Tokens up to which the MoE takes the decode kernels (as moe_ffn.py's DECODE_MAX_TOKENS).
+    static let decodeMaxTokens = 8
+
+    init(defines d: [String: Int]) throws {
+        func v(_ name: String) throws -> Int {
+            guard let x = d[name], x > 0 else { throw InferenceError.backendUnavailable("kernel headers define no \(name)") }
+            return x
+        }
+        threads = try v("MM_NT"); simdGroups = try v("MM_NW"); maxExperts = try v("MM_MAX_E"); maxK = try v("MM_MAX_K")
+        maxHidden = try v("MM_MAX_H"); pairsPerGroup = try v("MM_PT"); sharedRowsPerGroup = try v("MM_RPB")
+        downWordsPerGroup = try v("MM_CT"); tileRows = try v("MM_BM"); tileHalf = try v("MM_BH")
+        linearTokens = try v("MO_TOK"); maxHeadDim = try v("MO_MAX_D")
+    }
+
+    /// From the package's kernel sources (parsed once).
+    static func shipped() throws -> KernelGeometry { try cached.get() }
+    private static let cached = Result { try KernelGeometry(defines: defines(in: KernelSources.files.map(KernelSources.text))) }
+
+    /// Integer #defines (literals and + - * / ( ) of earlier ones) of MM_* and MO_* names.
+    static func defines(in sources: [String]) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for source in sources {
+            for line in source.split(separator: "\n") where line.hasPrefix("#define MM_") || line.hasPrefix("#define MO_") {
+                let body = line.dropFirst("#define ".count)
+                guard let space = body.firstIndex(of: " ") else { continue }
+                let name = String(body[..<space])
+                var expr = String(body[space...])
+                if let comment = expr.range(of: "//") { expr = String(expr[..<comment.lowerBound]) }
+                if let value = IntExpression.evaluate(expr, names: out) { out[name] = value }
+            }
+        }
+        return out
+    }
+}
+
+/// A tiny evaluator for the integer expressions of #defines.
+enum IntExpression {
+    static func evaluate(_ text: String, names: [String: Int]) -> Int? {
+        var tokens: [String] = []
+        var current = ""
+        for c in text {
+            if c.isLetter || c.isNumber || c == "_" { current.append(c); continue }
+            if !current.isEmpty { tokens.append(current); current = "" }
+            if "+-*/()".contains(c) { tokens.append(String(c)) } else if !c.isWhitespace { return nil }
+        }
+        if !current.isEmpty { tokens.append(current) }
+        var i = 0
+        func atom() -> Int? {
+            guard i < tokens.count else { return nil }
+            let t = tokens[i]; i += 1
+            if t == "(" { let v = sum(); guard i < tokens.count, tokens[i] == ")" else { return nil }; i += 1; return v }
+            return Int(t) ?? names[t]
+        }
+        func product() -> Int? {
+            guard var v = atom() else { return nil }
+            while i < tokens.count, tokens[i] == "*" || tokens[i] == "/" {
+                let op = tokens[i]; i += 1
+                guard let r = atom(), op == "*" || r != 0 else { return nil }
+                v = op == "*" ? v * r : v / r
+            }
+            return v
+        }
+        func sum() -> Int? {
+            guard var v = product() else { return nil }
+            while i < tokens.count, tokens[i] == "+" || tokens[i] == "-" {
+                let op = tokens[i]; i += 1
+                guard let r = product() else { return nil }
+                v = op == "+" ? v + r : v - r
+            }
+            return v
+        }
+        guard !tokens.isEmpty, let v = sum(), i == tokens.count else { return nil }
+        return v
+    }
 }
 
 @inline(__always) func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / b }
