@@ -1,6 +1,6 @@
 """Held-out perplexity of a float MobileMoE against its int4 versions, printed as JSON.
 
-    python scripts/quant_report.py [--model FOLDER] [--text FILE] [--qat-steps 200]
+    python scripts/quant_report.py [--model FOLDER] [--text FILE] [--qat-steps 80]
 
 float: the checkpoint as loaded. ptq_rtn / ptq_mse: post-training int4 (absmax / 7, or the
 per-group MSE clip search). qat: a short run of the train CLI's qat stage from the float
@@ -9,7 +9,9 @@ qat_fake_quant_a8: its training form with int8 per-token activations. float_ft: 
 fine-tune without fake quantization (midtrain stage), the control that separates "more
 training" from "quantization". All are scored on the same held-out tokens: the last 5% of
 the text file by bytes, cut at a line boundary, in non-overlapping windows of --seq-len
-tokens (each window scored from its own start).
+tokens (each window scored from its own start). int4 models are scored through their exact
+float32 dequantization (bit-identical weights, logits within 1e-4: tests/test_export.py)
+unless --int4-kernels.
 """
 
 from __future__ import annotations
@@ -83,8 +85,30 @@ def fine_tune(stage: str, model_dir, train_file, out, work, steps, seq_len, batc
     return [r["loss"] for r in recs if "loss" in r and "eval" not in r][-1]
 
 
-def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=200,
-           batch=8, lr=1e-4, scales="dynamic", act_bits=8, control=True) -> dict:
+def kv8_agreement(model, tok, prompt="ROMEO:", n=60, head_dim=None) -> dict:
+    """Greedy tokens with the float KV cache against `--kv-bits 8` (generate's settings)."""
+    from types import SimpleNamespace
+
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    from mlx_mobilemoe.generate import kv_cache_options
+
+    runs = {}
+    for bits in (None, 8):
+        opts = kv_cache_options(SimpleNamespace(kv_bits=bits), model.args.head_dim)
+        runs[bits] = [r.token for r in stream_generate(
+            model, tok, tok.encode(prompt), max_tokens=n, sampler=make_sampler(temp=0.0),
+            **opts)]
+    same = next((i for i, (a, b) in enumerate(zip(runs[None], runs[8])) if a != b),
+                min(len(runs[None]), len(runs[8])))
+    return {"prompt": prompt, "greedy_tokens": n, "matching_prefix": same,
+            "text_kv_float": tok.decode(runs[None]), "text_kv8": tok.decode(runs[8])}
+
+
+def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80,
+           batch=4, lr=1e-4, scales="dynamic", act_bits=8, control=True,
+           int4_kernels=False) -> dict:
     folder = checkpoint.resolve(model_dir)
     model, tok = checkpoint.load(folder)
     if model.args.is_quantized:
@@ -94,7 +118,11 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=20
     out = {"model": str(folder), "text": str(text_file),
            "held_out_bytes": len(held_text.encode()),
            "eval_tokens": int(wins.shape[0] * seq_len), "seq_len": seq_len,
-           "ppl": {}, "seconds": {}}
+           "int4_scored_with": "quantized kernels" if int4_kernels else
+           "exact float32 dequantization (q * s)", "ppl": {}, "seconds": {}}
+
+    def int4_ppl(m):
+        return perplexity(m if int4_kernels else qat.dequantize_model(m), wins)
 
     def timed(name, fn):
         t = time.time()
@@ -102,8 +130,10 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=20
         out["seconds"][name] = round(time.time() - t, 1)
 
     timed("float", lambda: perplexity(model, wins))
+    if model.args.head_dim % 32 == 0:
+        out["kv_bits_8"] = kv8_agreement(model, tok)
     for method in ("rtn", "mse"):
-        timed(f"ptq_{method}", lambda: perplexity(qat.ptq(qat.to_float(model), method), wins))
+        timed(f"ptq_{method}", lambda: int4_ppl(qat.ptq(qat.to_float(model), method)))
 
     work = Path(tempfile.mkdtemp(prefix="quant_report."))
     train_file = work / "train.txt"
@@ -119,7 +149,7 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=20
         if act_bits:  # the training form, int8 per-token activations (an 8da4w runtime)
             out["ppl"]["qat_fake_quant_a8"] = round(perplexity(load_qat_run(run_dir), wins), 4)
         shipped = export.export_folder(run_dir, work / "qat_int4")  # what ships
-        return perplexity(checkpoint.load_model(shipped), wins)
+        return int4_ppl(checkpoint.load_model(shipped))
 
     timed("qat", run_qat)
     if control:
@@ -146,15 +176,18 @@ def main(argv=None) -> int:
     p.add_argument("--text", default=str(DEFAULT_TEXT), help="text file; last 5%% held out")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--max-eval-tokens", type=int, default=None)
-    p.add_argument("--qat-steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--qat-steps", type=int, default=80)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--scales", choices=qat.SCALE_MODES, default="dynamic")
     p.add_argument("--act-bits", type=int, choices=[0, 8], default=8)
     p.add_argument("--no-control", action="store_true", help="skip the float fine-tune control")
+    p.add_argument("--int4-kernels", action="store_true",
+                   help="score int4 models with MLX's quantized matmuls (fast on a GPU; on "
+                        "CPU they are ~20x slower than the exact float32 dequantization)")
     a = p.parse_args(argv)
     r = report(a.model, a.text, a.seq_len, a.max_eval_tokens, a.qat_steps, a.batch, a.lr,
-               a.scales, a.act_bits or None, not a.no_control)
+               a.scales, a.act_bits or None, not a.no_control, a.int4_kernels)
     print(json.dumps(r, indent=2))
     return 0
 

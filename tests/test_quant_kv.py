@@ -5,6 +5,7 @@ import sys
 import types
 
 import mlx.core as mx
+import pytest
 from mlx_lm.models.cache import QuantizedKVCache
 
 from conftest import add_tokenizer
@@ -48,3 +49,22 @@ def test_kv_bits_needs_head_dim_multiple_of_32(tiny_qat):
                         str(tiny_qat[0]), "--prompt", "hi", "--kv-bits", "8"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "head_dim" in r.stderr
+
+
+@pytest.mark.skipif(not (checkpoint.DEFAULT_MODEL / "config.json").exists(),
+                    reason="the bundled default model is not present")
+def test_kv8_on_default_model_keeps_20_greedy_tokens():
+    from mlx_lm import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    from mlx_mobilemoe.generate import kv_cache_options
+
+    model, tok = load()
+    for prompt in ("ROMEO:", "def main(argv):", "In the beginning"):
+        runs = []
+        for bits in (None, 8):
+            kv = kv_cache_options(types.SimpleNamespace(kv_bits=bits), model.args.head_dim)
+            runs.append([r.token for r in stream_generate(
+                model, tok, tok.encode(prompt), max_tokens=20, sampler=make_sampler(temp=0.0),
+                **kv)])
+        assert runs[0] == runs[1], prompt
