@@ -356,7 +356,9 @@ def load_tokenizer(folder: Path):
         detok = tu.SPMStreamingDetokenizer
     # Not AutoTokenizer: it would parse config.json as a transformers model config.
     tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    eos = load_config(Path(folder)).eos_token_ids or None
+    eos = None  # a tokenizer-only folder is fine; a model folder's config names its eos ids
+    if (Path(folder) / "config.json").exists():
+        eos = load_config(Path(folder)).eos_token_ids or None
     return tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=eos)
 
 
@@ -400,8 +402,17 @@ def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:
+    """tokenizer.json + tokenizer_config.json, the chat template inside the latter (the
+    contract's place for it; transformers >= 5 would write chat_template.jinja)."""
     inner = getattr(tokenizer, "_tokenizer", tokenizer)
     inner.save_pretrained(str(folder))
+    jinja = Path(folder) / "chat_template.jinja"
+    if jinja.exists():
+        cfg_path = Path(folder) / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["chat_template"] = jinja.read_text()
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        jinja.unlink()
 
 
 def _write_shards(state: dict, folder: Path, max_bytes: int) -> None:

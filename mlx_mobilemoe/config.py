@@ -227,7 +227,8 @@ PRESETS = {
         num_local_experts=8, num_experts_per_tok=2, rms_norm_eps=1e-5, rope_theta=10000.0,
         rope_scaling=_llama3_scaling(factor=4.0, original=32), max_position_embeddings=512,
         routed_scaling_factor=1.0, norm_topk_prob=True, use_qk_norm=True,
-        tie_word_embeddings=True, no_rope_layers=[1, 0], bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=True, no_rope_layers=[1, 0],
+        bos_token_id=0, eos_token_id=[1, 4],  # the ids train_tokenizer assigns
     ),
 }
 

@@ -40,6 +40,9 @@ def test_save_load_roundtrip_is_bit_exact(tmp_path, tokenizer_dir, qat):
         assert (tmp_path / "out" / f).exists()
     cfg = json.loads((tmp_path / "out/config.json").read_text())
     assert ("quantization" in cfg) == qat
+    tok_cfg = json.loads((tmp_path / "out/tokenizer_config.json").read_text())
+    assert "<|start_header_id|>" in tok_cfg["chat_template"]  # where the contract keeps it
+    assert not (tmp_path / "out/chat_template.jinja").exists()
     # and it loads again to the same logits
     again = load_model(tmp_path / "out")
     toks = mx.array([[1, 2, 3, 4]])
