@@ -70,7 +70,7 @@ class TrainConfig:
     batch_size: int = 8  # sequences per optimizer step, over all ranks and micro-batches
     grad_accum: int = 1
     steps: int = 100
-    time_budget: Optional[float] = None  # seconds: cap `steps` from measured speed
+    time_budget: Optional[float] = None  # seconds after compiling: cap `steps` by speed
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup: int = 20

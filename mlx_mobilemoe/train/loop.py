@@ -285,14 +285,14 @@ class Trainer:
                 "elapsed": self.elapsed}
 
     def _budget(self, step_times):
-        """With a time budget, fix the number of steps once the speed is known (after the
-        first, compiling, step plus a few more; keep warmup above that so the schedule
-        equals that of a run given this step count up front)."""
+        """With a time budget (seconds of training after the first, compiling, step), fix
+        the number of steps once the speed is known (after a few steps; keep warmup above
+        that so the schedule equals that of a run given this step count up front)."""
         cfg = self.cfg
         if not cfg.time_budget or getattr(self, "_budget_fixed", False) or len(step_times) < 6:
             return
         per = float(np.median(step_times[1:]))
-        left = cfg.time_budget - self.elapsed
+        left = cfg.time_budget - sum(step_times[1:])
         total = min(cfg.steps, self.step + max(0, int(left / per)))
         self.total = self.progress.total = max(total, self.step)
         self._budget_fixed = True

@@ -47,7 +47,7 @@ def plot_expert_load(metrics, png, title: str = "") -> Path:
     im = b.imshow(share, aspect="auto", cmap="viridis")
     b.set_xlabel("expert")
     b.set_ylabel("layer")
-    b.set_title(f"share of selections, last {len(tail) and max(1, len(recs) // 10)} steps "
+    b.set_title(f"share of selections, last {max(1, len(recs) // 10)} steps "
                 f"(uniform = {1 / share.shape[1]:.3f})")
     fig.colorbar(im, ax=b)
     fig.tight_layout()
