@@ -123,6 +123,7 @@ class Session:
             generated.append(r.token)
             last = r
         out.write("\n")
+        out.flush()
         processed = tokens + generated
         self.cached_tokens = processed[: self.cache[0].offset]
         trim_prompt_cache(self.cache, self.cache[0].offset - len(self.cached_tokens))
