@@ -10,6 +10,7 @@
 #   PARALLEL=1      with STEPS: train both at once (one large GPU has room for both)
 #   CAP=S           safety cap in seconds per model (a time-limited machine); a capped run
 #                   stops early with its schedule shortened, and the report shows its steps
+#   EXTRA="k=v .."  extra stage settings for both models (e.g. "align=line")
 #   PY=python3      the interpreter (on a GPU machine: source .mlx-cuda/setup.sh first)
 # Runs on an NVIDIA GPU with MLX's CUDA backend (docs/training.md), or slowly on CPU. Then
 #   python scripts/train_default_report.py RUNS_DIR --install --plot docs/training_expert_load.png
@@ -21,9 +22,10 @@ if [ ! -d "$DATA/tokens" ]; then
   "$PY" scripts/train_default_data.py --out "$DATA"
 fi
 mkdir -p "$RUNS"
+read -r -a extra <<< "${EXTRA:-}"
 train() {  # train MODEL STEPS_OR_BUDGET_ARG
   "$PY" -m mlx_mobilemoe.train "configs/default_$1.yaml" "out=$RUNS/$1" "$2" \
-    ${CAP:+"time_budget=$CAP"}
+    ${CAP:+"time_budget=$CAP"} ${extra[@]+"${extra[@]}"}
 }
 if [ -n "${PARALLEL:-}" ]; then
   [ -n "${STEPS:-}" ] || { echo "PARALLEL=1 needs STEPS" >&2; exit 2; }
@@ -39,7 +41,7 @@ else
     train moe "steps=$STEPS"
   elif [ -n "${TIME_BUDGET:-}" ]; then
     "$PY" -m mlx_mobilemoe.train configs/default_moe.yaml "out=$RUNS/moe" \
-      "time_budget=$TIME_BUDGET"
+      "time_budget=$TIME_BUDGET" ${extra[@]+"${extra[@]}"}
   else
     train moe "steps=20000"
   fi

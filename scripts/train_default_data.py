@@ -69,6 +69,8 @@ def main(argv=None):
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--arith-lines", type=int, default=60000)
     p.add_argument("--tokenizer-sample-mb", type=float, default=3.0)
+    p.add_argument("--split", default="llama3", choices=["llama3", "lines"],
+                   help="pre-tokenizer split (mlx_mobilemoe/train/bpe.py)")
     a = p.parse_args(argv)
 
     from mlx_mobilemoe.train.data import prepare_text
@@ -89,7 +91,7 @@ def main(argv=None):
     if tok.exists():
         shutil.rmtree(tok)
     train_base_tokenizer(list(sources.values()), a.vocab_size, tok, 0.05,
-                         a.tokenizer_sample_mb)
+                         a.tokenizer_sample_mb, a.split)
     (out / "tokens").mkdir(exist_ok=True)
     summary = {}
     with tempfile.TemporaryDirectory() as cache:

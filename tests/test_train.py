@@ -18,8 +18,8 @@ from mlx_mobilemoe.train.lora import LoRAExpertLinear, apply_lora, fuse_lora
 from mlx_mobilemoe.train.loop import Trainer, TrainingError
 from mlx_mobilemoe.train.moe import balance_biases, drop_and_pad, forward, moe_forward
 
-TINY = ["seq_len=16", "batch_size=4", "grad_accum=1", "eval_every=0", "save_every=0", "log_every=100", "eval_batches=2", "warmup=2",
-        "lr=3e-3", "tokenizer={vocab_size: 300}"]
+TINY = ["seq_len=16", "batch_size=4", "grad_accum=1", "eval_every=0", "save_every=0",
+        "log_every=100", "eval_batches=2", "warmup=2", "lr=3e-3", "tokenizer={vocab_size: 300}"]
 
 
 def _words(seed, n):
@@ -95,7 +95,8 @@ def test_midtrain_continues_with_longer_context(pretrained, corpus, tmp_path):
     out = tmp_path / "mid"
     assert main(["configs/midtrain.yaml", f"model={pretrained}", "steps=2",
                  f"data={{{corpus / 'more.txt'}: 1.0}}", f"out={out}", "seq_len=32",
-                 "batch_size=2", "grad_accum=1", f"cache_dir={tmp_path / 'cache'}", "eval_batches=1"]) == 0
+                 "batch_size=2", "grad_accum=1", f"cache_dir={tmp_path / 'cache'}",
+                 "eval_batches=1"]) == 0
     assert checkpoint.load_model(out).args.vocab_size == 300
     assert len(_losses(out)) == 2
 
@@ -280,3 +281,31 @@ def _flat(model):
     from mlx.utils import tree_flatten
 
     return tree_flatten(model.parameters())
+
+
+def test_lines_split_tokenizes_a_prompt_like_training_text(corpus, tmp_path):
+    from mlx_mobilemoe.train.bpe import train_bpe
+
+    text = (corpus / "plays.txt").read_text()
+    for split, same in (("llama3", False), ("lines", True)):
+        tok = D._hf_tokenizer(train_bpe([text], 300, tmp_path / split, split=split))
+        prompt, full = tok.encode("ROMEO:").ids, tok.encode("ROMEO:\nThou art").ids
+        assert (full[:len(prompt)] == prompt) is same, split
+
+
+def test_line_aligned_windows_start_at_line_starts(corpus, tmp_path):
+    from mlx_mobilemoe.train.bpe import train_bpe
+
+    tok_dir = train_bpe([(corpus / "plays.txt").read_text()], 300, tmp_path / "tok",
+                        split="lines")
+    tf = D.prepare_text(corpus / "plays.txt", tok_dir, tmp_path / "cache")
+    tok = D._hf_tokenizer(tok_dir)
+    data = D.PackedData([tf], [1.0], seq_len=16, seed=0, align="line")
+    x, y, _ = data.batch(3, 8, slice(0, 8))
+    train = np.asarray(tf.train)
+    for row in x:
+        hits = np.flatnonzero((np.lib.stride_tricks.sliding_window_view(train, 16) == row)
+                              .all(1))
+        s = int(hits[0])
+        assert s == 0 or tok.decode([int(train[s - 1])]).endswith("\n")
+    assert (np.array(y[:, :-1]) == np.array(x[:, 1:])).all()

@@ -40,6 +40,8 @@ def test_two_ranks_match_one_rank(tmp_path):
     if r.returncode and "ring" in r.stderr.lower() and "connect" in r.stderr.lower():
         pytest.skip(f"ring backend unavailable here: {r.stderr[-300:]}")
     assert r.returncode == 0, r.stderr[-2000:]
+    state = json.loads((tmp_path / "two" / "train_state" / "state.json").read_text())
+    assert state["world_size"] == 2
     one = mx.load(str(tmp_path / "one" / "train_state" / "params.safetensors"))
     two = mx.load(str(tmp_path / "two" / "train_state" / "params.safetensors"))
     assert one.keys() == two.keys()

@@ -57,13 +57,17 @@ class TrainConfig:
     # A checkpoint folder / HF id, a preset name ("tiny", "S", ...), or {preset: name, **fields}.
     model: Any = "tiny"
     init_std: float = 0.02  # from-scratch init (ignored when starting from a checkpoint)
-    # Folder with tokenizer.json, or {vocab_size: N} to train a byte-level BPE on the data.
+    # Folder with tokenizer.json, or {vocab_size: N, sample_mb: 8, split: llama3|lines} to
+    # train a byte-level BPE on the data (split: see train/bpe.py).
     # None: the model folder's tokenizer.
     tokenizer: Any = None
     # Text files, folders, {"text"}/{"messages"} jsonl or prepared *.tokens folders; a list
     # (weights proportional to size) or {path: weight}.
     data: Any = None
     val_fraction: float = 0.05
+    # Where packed windows start: None = any token; "line" = a line start, so the first
+    # positions look like a prompt typed at the start of a line (e.g. "ROMEO:").
+    align: Optional[str] = None
     cache_dir: Optional[str] = None  # token files; None: <out>/cache
     out: str = "runs/out"
     seq_len: int = 256
@@ -207,5 +211,7 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"moe.dispatch must be 'drop' or 'dropless', got {cfg.moe['dispatch']!r}")
     if cfg.moe["capacity_factor"] <= 0:
         bad("moe.capacity_factor must be > 0")
+    if cfg.align not in (None, "line"):
+        bad(f"align must be null or 'line', got {cfg.align!r}")
     if not 0 < cfg.val_fraction < 1:
         bad("val_fraction must be in (0, 1)")

@@ -65,9 +65,10 @@ def _tokenizer_config(tok_dir: Path) -> dict:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
-def encode_text(tok, text: str, chunk_bytes: int = 1 << 18) -> np.ndarray:
+def encode_text(tok, text: str, chunk_bytes: int = 1 << 18, line_starts: bool = False):
     """Encode a long text in parallel chunks cut before a non-blank line (so no pre-token,
-    not even a run of newlines, straddles two chunks)."""
+    not even a run of newlines, straddles two chunks). With line_starts, also return the
+    indices of the tokens that begin a line."""
     chunks, start = [], 0
     while start < len(text):
         end = min(len(text), start + chunk_bytes)
@@ -83,9 +84,21 @@ def encode_text(tok, text: str, chunk_bytes: int = 1 << 18) -> np.ndarray:
                 break
         chunks.append(text[start:end])
         start = end
-    ids = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(chunks,
-                                                                       add_special_tokens=False)]
-    return np.concatenate(ids) if ids else np.zeros((0,), np.int64)
+    encs = tok.encode_batch(chunks, add_special_tokens=False)
+    ids = [np.asarray(e.ids, dtype=np.int64) for e in encs]
+    ids = np.concatenate(ids) if ids else np.zeros((0,), np.int64)
+    if not line_starts:
+        return ids
+    starts, base = [], 0
+    for chunk, e in zip(chunks, encs):
+        first = np.array([o[0] for o in e.offsets], dtype=np.int64)
+        nl = np.flatnonzero(np.frombuffer(chunk.encode("utf-32-le"), np.uint32) == 10)
+        new = np.ones(len(first), bool)  # a character split over tokens: its first token
+        new[1:] = first[1:] != first[:-1]
+        at_line = (first == 0) | np.isin(first - 1, nl)
+        starts.append(base + np.flatnonzero(at_line & new))
+        base += len(first)
+    return ids, (np.concatenate(starts) if starts else np.zeros((0,), np.int64))
 
 
 # --- prepared token files ---------------------------------------------------------------
@@ -98,6 +111,7 @@ class TokenFile:
     meta: dict
     train: np.ndarray
     val: np.ndarray
+    lines: Optional[np.ndarray] = None  # training-split tokens that begin a line
 
     @property
     def name(self) -> str:
@@ -117,11 +131,14 @@ class TokenFile:
             n = f.stat().st_size // dt.itemsize
             arrs.append(np.memmap(f, dtype=dt, mode="r", shape=(n,)) if n else
                         np.zeros((0,), dt))
-        return cls(path, meta, *arrs)
+        lines = None
+        if (path / "lines.bin").exists():
+            lines = np.fromfile(path / "lines.bin", dtype=np.uint32)
+        return cls(path, meta, *arrs, lines=lines)
 
 
 def write_token_file(path: Path, name: str, train: np.ndarray, val: np.ndarray,
-                     vocab_size: int, extra: dict) -> TokenFile:
+                     vocab_size: int, extra: dict, lines=None) -> TokenFile:
     dt = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +146,8 @@ def write_token_file(path: Path, name: str, train: np.ndarray, val: np.ndarray,
     try:
         train.astype(dt).tofile(tmp / "train.bin")
         val.astype(dt).tofile(tmp / "val.bin")
+        if lines is not None:
+            np.asarray(lines, np.uint32).tofile(tmp / "lines.bin")
         meta = {"name": name, "dtype": np.dtype(dt).name, "vocab_size": vocab_size,
                 "train_tokens": int(train.size), "val_tokens": int(val.size), **extra}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -216,15 +235,20 @@ def prepare_text(path, tok_dir, cache: Path, val_fraction: float = 0.05,
         return TokenFile.open(out)
     tok = _hf_tokenizer(tok_dir)
     eos = eos_id(tok_dir)
-    splits = []
-    for docs in _documents(path, val_fraction):
-        parts = []
+    splits, train_lines = [], None
+    for docs in _documents(path, val_fraction):  # the training split, then the held-out one
+        parts, starts, n = [], [], 0
         for d in docs:
-            parts += [encode_text(tok, d), np.array([eos])]
+            ids, st = encode_text(tok, d, line_starts=True)
+            parts += [ids, np.array([eos])]
+            starts.append(n + st)
+            n += len(ids) + 1
         splits.append(np.concatenate(parts) if parts else np.zeros((0,), np.int64))
+        if train_lines is None:
+            train_lines = np.concatenate(starts) if starts else np.zeros((0,), np.int64)
     return write_token_file(out, name, *splits, vocab_size=tok.get_vocab_size(),
                             extra={"source": str(path), "tokenizer_sha": tokenizer_sha(tok_dir),
-                                   "val_fraction": val_fraction})
+                                   "val_fraction": val_fraction}, lines=train_lines)
 
 
 def open_domains(data, tok_dir, cache: Path, val_fraction: float) -> tuple:
@@ -266,12 +290,23 @@ def is_chat_data(data) -> bool:
 class PackedData:
     """Fixed-length windows of the packed token streams, domains drawn by weight."""
 
-    def __init__(self, domains: list, weights: list, seq_len: int, seed: int):
+    def __init__(self, domains: list, weights: list, seq_len: int, seed: int,
+                 align: Optional[str] = None):
+        self.starts = []
         for d in domains:
             if len(d.train) < seq_len + 1:
                 raise DataError(f"{d.name}: {len(d.train)} training tokens, fewer than "
                                 f"seq_len + 1 = {seq_len + 1}")
+            if align == "line":
+                if d.lines is None:
+                    raise DataError(f"{d.path}: no line index (lines.bin); prepare it again "
+                                    "to train with align: line")
+                ok = d.lines[d.lines <= len(d.train) - seq_len - 1]
+                if not len(ok):
+                    raise DataError(f"{d.name}: no line starts a full window")
+                self.starts.append(ok)
         self.domains, self.weights, self.seq_len, self.seed = domains, weights, seq_len, seed
+        self.align = align
 
     def batch(self, step: int, batch_size: int, rows: slice):
         """Rows `rows` of the global batch of `batch_size` sequences for `step`:
@@ -283,7 +318,10 @@ class PackedData:
         xs = []
         for d, r in zip(dom[rows], u[rows]):
             toks = self.domains[d].train
-            start = int(r * (len(toks) - T))
+            if self.align == "line":
+                start = int(self.starts[d][int(r * len(self.starts[d]))])
+            else:
+                start = int(r * (len(toks) - T))
             xs.append(np.asarray(toks[start:start + T + 1], dtype=np.int32))
         xy = np.stack(xs)
         return xy[:, :-1], xy[:, 1:], np.ones((len(xs), T), np.float32)

@@ -373,6 +373,7 @@ class Trainer:
         mx.save_safetensors(str(folder / "optimizer.safetensors"), opt)
         meta = {"step": self.step, "total_steps": self.total, "tokens": self.tokens,
                 "elapsed": self.elapsed, "stage": self.cfg.stage,
+                "world_size": self.world.size,
                 "budget_fixed": getattr(self, "_budget_fixed", False), **self.extra_meta}
         (folder / "state.json").write_text(json.dumps(meta, indent=2) + "\n")
 

@@ -107,23 +107,25 @@ def _tokenizer_for_preset(cfg: TrainConfig, world: World):
             raise StageError(f"{t}: no tokenizer.json")
         return Path(t)
     if not isinstance(t, dict) or "vocab_size" not in t:
-        raise StageError("tokenizer must be a folder or {vocab_size: N, sample_mb: M}")
+        raise StageError("tokenizer must be a folder or {vocab_size: N, sample_mb: M, "
+                         "split: llama3|lines}")
     vocab, sample_mb = int(t["vocab_size"]), float(t.get("sample_mb", 8))
+    split = t.get("split", "llama3")
     srcs = list(cfg.data) if isinstance(cfg.data, dict) else D._as_list(cfg.data)
     key = hashlib.sha256(json.dumps([[str(Path(s).resolve()), Path(s).stat().st_size]
-                                     for s in srcs] + [vocab, sample_mb]).encode())
+                                     for s in srcs] + [vocab, sample_mb, split]).encode())
     out = cfg.cache / f"tokenizer-{key.hexdigest()[:12]}"
     if world.is_main and not (out / "tokenizer.json").exists():
-        train_base_tokenizer(srcs, vocab, out, cfg.val_fraction, sample_mb)
+        train_base_tokenizer(srcs, vocab, out, cfg.val_fraction, sample_mb, split)
     world.barrier()
     return out
 
 
 def train_base_tokenizer(sources, vocab_size: int, out: Path, val_fraction: float = 0.05,
-                         sample_mb: float = 8) -> Path:
+                         sample_mb: float = 8, split: str = "llama3") -> Path:
     """Byte-level BPE on the training split of each source (at most sample_mb each), with no
-    chat template: a base model's prompt is used raw."""
-    from ..tokenizer import train_tokenizer
+    chat template: a base model's prompt is used raw. `split`: see `bpe.SPLITS`."""
+    from .bpe import train_bpe
 
     def texts():
         for s in sources:
@@ -139,7 +141,7 @@ def train_base_tokenizer(sources, vocab_size: int, out: Path, val_fraction: floa
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    train_tokenizer(texts(), vocab_size, tmp, chat_template=None)
+    train_bpe(texts(), vocab_size, tmp, split=split, chat_template=None)
     tmp.rename(out)
     return out
 
@@ -184,7 +186,7 @@ def pretrain(cfg: TrainConfig, resume: bool = False) -> dict:
         if cfg.seq_len > model.args.max_position_embeddings:
             model.args.max_position_embeddings = cfg.seq_len
     domains, weights = _prepared_domains(cfg, tok_dir, world)
-    data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed)
+    data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed, align=cfg.align)
     meta = {"domains": {d.name: {"weight": w, "train_tokens": int(len(d.train)),
                                  "val_tokens": int(len(d.val))}
                         for d, w in zip(domains, weights)}}
@@ -256,7 +258,7 @@ def lora(cfg: TrainConfig, resume: bool = False) -> dict:
         tok_dir, data, evals = _chat_data(cfg, model, tok_dir, world)
     else:
         domains, weights = _prepared_domains(cfg, tok_dir, world)
-        data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed)
+        data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed, align=cfg.align)
         evals = _lm_eval_sets(domains, cfg.seq_len)
     trainer = Trainer(cfg, model, data, tok_dir, evals, save_view=fused_view, world=world,
                       resume=resume)
