@@ -40,7 +40,7 @@ class EmuKernel:
         self.source, self.header = source, header
 
     def _library(self, in_dtypes, out_dtypes, template):
-        lines = [self.header]
+        lines = []
         for n, v in template:
             if isinstance(v, bool):
                 lines.append(f"constexpr bool {n} = {'true' if v else 'false'};")
@@ -54,7 +54,7 @@ class EmuKernel:
         lines.append(f"static void mm_body({', '.join(params)}) {{\n{self.source}\n}}")
         lines.append('extern "C" void mm_launch(void** b, int nb, int nt) {\n'
                      f"  mm_emu::launch(nb, nt, [&] {{ mm_body({', '.join(casts)}); }});\n}}")
-        text = "\n".join(lines)
+        text = self.header + "\n".join(lines)  # as MLX joins them: no newline added after the header
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         so = _CACHE_DIR / f"{self.name}-{digest}.so"
         if not so.exists():

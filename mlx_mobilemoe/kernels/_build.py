@@ -54,8 +54,8 @@ def read_source(name: str) -> str:
 
 def compact(text: str) -> str:
     """Source without comment-only and blank lines: MLX copies the header on every call."""
-    return "\n".join(l for l in text.splitlines()
-                     if l.strip() and not l.lstrip().startswith("//"))
+    return "".join(l + "\n" for l in text.splitlines()
+                   if l.strip() and not l.lstrip().startswith("//"))  # ends with a newline
 
 
 def reference_forced() -> bool:
