@@ -281,6 +281,17 @@ def markdown(res) -> str:
             out.append(f"| {r['model']} | {'yes' if r.get('fused') else 'no'} | "
                        f"{r['prompt_tps']:.0f} | {r['decode_tps']:.1f} | {vs} |")
         out.append("")
+    if res.get("overhead"):
+        out += ["## Where one decode layer's time goes (T = 1)", "",
+                "`build`: building the lazy graph in Python (host); `eval`: the rest of the "
+                "evaluation (encoding and GPU), per layer.", "",
+                "| size | path | build µs | eval µs | total µs |", "|---|---|---|---|---|"]
+        for r in res["overhead"]:
+            ev = f"{r['eval_us']:.1f} | {r['total_us']:.1f}" if "eval_us" in r else " | "
+            out.append(f"| {r['size']} | {r['path']} | {r['build_us']:.1f} | {ev} |")
+        out.append("")
+    if res.get("note"):
+        out += [f"Note: {res['note']}.", ""]
     return "\n".join(out)
 
 
@@ -297,7 +308,12 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device-report", action="store_true")
     p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--from-json", help="only write the --device-report of a saved JSON")
     a = p.parse_args(argv)
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+        write_report(res)
+        return
     import mlx_lm
     dtype = getattr(mx, a.dtype)
     mx.random.seed(0)
@@ -316,11 +332,15 @@ def main(argv=None):
     if a.out:
         Path(a.out).write_text(text + "\n")
     if a.device_report:
-        slug = re.sub(r"[^a-z0-9]+", "-", res["device"].lower()).strip("-")
-        path = Path(__file__).resolve().parents[1] / "docs" / f"bench-{slug}.md"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(markdown(res))
-        print(f"wrote {path}", file=sys.stderr)
+        write_report(res)
+
+
+def write_report(res) -> None:
+    slug = re.sub(r"[^a-z0-9]+", "-", res["device"].lower()).strip("-")
+    path = Path(__file__).resolve().parents[1] / "docs" / f"bench-{slug}.md"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(markdown(res))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
