@@ -41,7 +41,10 @@ def _defines() -> dict:
     return out
 
 
-_D = _defines()  # tile sizes, read from the bodies so that grids always match them
+try:
+    _D = _defines()  # tile sizes, read from the bodies so that grids always match them
+except FileNotFoundError:  # an install without metal/: the reference path only
+    _D = {}
 
 
 @dataclass
@@ -133,6 +136,8 @@ def _small(key, make):
 
 def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
     """None if the kernels can run this layer, else the reason they cannot."""
+    if not _D:
+        return "kernel sources (metal/*.h) not found"
     H, I, S, E = w.dims
     st = w.gate_up.scales.dtype
     if dtype not in _X_DTYPES:
