@@ -42,7 +42,8 @@ _CACHE: dict = {}
 
 def metal_dir() -> Path:
     """Where the kernel sources live: the repository's metal/ (or a packaged copy)."""
-    for d in (Path(__file__).resolve().parents[2] / "metal", Path(__file__).resolve().parent):
+    here = Path(__file__).resolve().parent
+    for d in (here.parents[1] / "metal", here / "metal"):  # repository, or installed wheel
         if (d / "moe_common.h").exists():
             return d
     raise FileNotFoundError("kernel sources (metal/moe_common.h) not found")

@@ -365,6 +365,10 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
     backend = _build.gpu_backend()
     if backend is None:
         return None
+    if not _D:
+        raise RuntimeError(
+            "fused MoE kernels: the kernel sources (metal/*.h) are missing from this install; "
+            "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
     key = _module_key(moe)
     memo = moe.__dict__.get("_mm_memo")
     if memo is None or memo.key != key:
