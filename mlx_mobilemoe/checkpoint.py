@@ -9,6 +9,7 @@ dtypes and shapes, so every MobileMoE tool reads what we write.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -384,21 +385,29 @@ def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,
         raise CheckpointError("save(quantized=False) of an int4 model would invent float "
                               "weights; load the float checkpoint instead")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        state = official_state(model)
-        _write_shards(state, tmp, max_shard_bytes)
+    with atomic_folder(path) as tmp:
+        _write_shards(official_state(model), tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path):
+    """Yield a temporary sibling folder; on success it replaces `path`, on error it vanishes,
+    so a reader never sees a half-written folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return path
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:

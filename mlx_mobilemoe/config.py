@@ -7,7 +7,6 @@ round-trips through `from_dict` / `to_dict` unchanged.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

@@ -8,7 +8,7 @@ The model plugs into mlx-lm: `layers`, `make_cache()` and `__call__(inputs, cach
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn

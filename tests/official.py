@@ -229,8 +229,7 @@ def reference_logits(cfg: dict, tensors: dict, tokens) -> np.ndarray:
     """tokens (T,) -> logits (T, V) in float64."""
     qat = "quantization" in cfg
     W = weights_f64(tensors, qat)
-    H, nh, nkv, hd = (cfg["hidden_size"], cfg["num_attention_heads"],
-                      cfg["num_key_value_heads"], cfg["head_dim"])
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps, k = cfg["rms_norm_eps"], cfg["num_experts_per_tok"]
     T = len(tokens)
     emb = W["model.embed_tokens.weight"]

@@ -12,7 +12,6 @@ choices; the kernels route in full float32.
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 
 import mlx.core as mx
@@ -21,7 +20,7 @@ import pytest
 
 import kernel_cases as kc
 import kernel_emu
-from mlx_mobilemoe.kernels import (MoEWeights, QWeight, _build, fused_moe, moe_ffn,
+from mlx_mobilemoe.kernels import (MoEWeights, _build, fused_moe, moe_ffn,
                                    moe_ffn_reference, route_reference)
 from mlx_mobilemoe.kernels import moe as moe_mod
 

@@ -16,7 +16,6 @@ weight); MLX's `biases` (= -8 * scales for these checkpoints) are never read.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Optional

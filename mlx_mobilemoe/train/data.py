@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from ..checkpoint import atomic_folder
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".text", ""}
 
@@ -141,9 +140,7 @@ def write_token_file(path: Path, name: str, train: np.ndarray, val: np.ndarray,
                      vocab_size: int, extra: dict, lines=None) -> TokenFile:
     dt = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         train.astype(dt).tofile(tmp / "train.bin")
         val.astype(dt).tofile(tmp / "val.bin")
         if lines is not None:
@@ -151,12 +148,6 @@ def write_token_file(path: Path, name: str, train: np.ndarray, val: np.ndarray,
         meta = {"name": name, "dtype": np.dtype(dt).name, "vocab_size": vocab_size,
                 "train_tokens": int(train.size), "val_tokens": int(val.size), **extra}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TokenFile.open(path)
 
 

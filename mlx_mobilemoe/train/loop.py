@@ -238,7 +238,6 @@ class Trainer:
             self._trim_metrics()
         t_session = time.perf_counter()
         elapsed0 = self.elapsed
-        probe_from = None
         last_eval = None
         step_times = []
         while self.step < self.total:
