@@ -7,9 +7,9 @@ weights through a straight-through estimator. The router, expert_bias and norms 
 `to_int4(qat_model)` builds the real int4 Model (same integers, same fp16 scales) and
 `to_float(qat_model)` the plain float Model; both leave the QAT model untouched.
 
-Scales: "dynamic" recomputes absmax / 7 from the weights every step (what round-to-nearest
-export will choose); "learned" makes per-group log-scales trainable (LSQ), initialised by
-round-to-nearest or by the per-group MSE search (`init="mse"`).
+Scales: "learned" (default) makes per-group log-scales trainable (LSQ), initialised by the
+per-group MSE search (`init="mse"`) or round-to-nearest; "dynamic" recomputes absmax / 7 from
+the weights every step (what round-to-nearest export will choose).
 Activations: `act_bits=8` adds per-token dynamic INT8 fake quantization on every linear and
 expert input, the regime of an 8da4w runtime (ExecuTorch). The exported format stores no
 activation scales: MLX inference runs float activations against the int4 weights.
@@ -117,7 +117,7 @@ _FAKE = {"linear": FakeQuantLinear, "experts": FakeQuantExpertLinear,
          "embedding": FakeQuantEmbedding}
 
 
-def to_qat(model: Model, scales: str = "dynamic", init: str = "rtn",
+def to_qat(model: Model, scales: str = "learned", init: str = "mse",
            act_bits: Optional[int] = None) -> Model:
     """Float Model -> fake-quant training form, in place (returns the model)."""
     if model.args.is_quantized:

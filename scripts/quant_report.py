@@ -107,7 +107,7 @@ def kv8_agreement(model, tok, prompt="ROMEO:", n=60, head_dim=None) -> dict:
 
 
 def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80,
-           batch=4, lr=1e-4, scales="dynamic", act_bits=8, control=True,
+           batch=4, lr=1e-4, scales="learned", act_bits=8, control=True,
            int4_kernels=False) -> dict:
     folder = checkpoint.resolve(model_dir)
     model, tok = checkpoint.load(folder)
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--qat-steps", type=int, default=80)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--scales", choices=qat.SCALE_MODES, default="dynamic")
+    p.add_argument("--scales", choices=qat.SCALE_MODES, default="learned")
     p.add_argument("--act-bits", type=int, choices=[0, 8], default=8)
     p.add_argument("--no-control", action="store_true", help="skip the float fine-tune control")
     p.add_argument("--int4-kernels", action="store_true",

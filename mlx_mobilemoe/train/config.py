@@ -29,7 +29,7 @@ LORA_DEFAULTS = {
 }
 
 QAT_DEFAULTS = {  # the qat stage (mlx_mobilemoe/train/qat_stage.py, docs/quantization.md)
-    "scales": "dynamic",  # "dynamic": absmax / 7 every step; "learned": LSQ log-scales
+    "scales": "learned",  # "learned": LSQ log-scales; "dynamic": absmax / 7 every step
     "init": "mse",  # learned scales start from the per-group MSE search ("rtn": absmax / 7)
     "act_bits": 8,  # per-token dynamic INT8 fake quantization of linear inputs; 0 = off
 }
