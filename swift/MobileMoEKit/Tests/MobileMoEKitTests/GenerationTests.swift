@@ -50,6 +50,14 @@ final class GenerationTests: XCTestCase {
         XCTAssertNotEqual(a.tokens, c.tokens)
     }
 
+    func testRawTextPromptFollowsTheTokenizer() throws {
+        // Like Python's tokenizer.encode(text): no BOS unless the tokenizer's post-processor
+        // adds one (ours does not; the bundled model was trained without BOS).
+        let ids = try Self.model.tokens(for: .text("The quick brown"))
+        XCTAssertEqual(ids, Self.model.tokenizer.encode("The quick brown", addSpecialTokens: false))
+        XCTAssertNotEqual(ids.first, Self.model.bosTokenId)
+    }
+
     func testStopToken() async throws {
         let expected = try Fixtures.json("tiny-qat-expected.json") as! [String: Any]
         let fox = (expected["cases"] as! [[String: Any]])[1]

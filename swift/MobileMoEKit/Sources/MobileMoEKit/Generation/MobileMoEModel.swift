@@ -102,8 +102,9 @@ public final class MobileMoEModel: @unchecked Sendable {
         case let .tokens(ids):
             return ids
         case let .text(text):
-            guard let bos = bosTokenId else { return tokenizer.encode(text, addSpecialTokens: true) }
-            return [bos] + tokenizer.encode(text, addSpecialTokens: false)
+            // As Python's `tokenizer.encode(text)`: the tokenizer's own post-processor decides
+            // whether a BOS is added (Llama 3's adds one; our trained tokenizers do not).
+            return tokenizer.encode(text, addSpecialTokens: true)
         case let .chat(messages):
             guard let template = chatTemplate else {
                 throw TokenizerError.chatTemplate("the checkpoint has no chat template; use Prompt.text for raw text")
