@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlx_mobilemoe import checkpoint, preset
-from mlx_mobilemoe.model import Model
+from mlx_mobilemoe.model import Model, quantize_model
 from mlx_mobilemoe.train import make_config
 from mlx_mobilemoe.train import data as D
 from mlx_mobilemoe.train.__main__ import main
@@ -170,8 +170,11 @@ def test_drop_and_pad_drops_only_over_capacity():
     np.testing.assert_allclose(np.array(out), np.array(moe(x)), rtol=1e-5, atol=1e-5)
 
 
-def test_training_forward_equals_model_forward():
+@pytest.mark.parametrize("int4", [False, True], ids=["float", "int4"])
+def test_training_forward_equals_model_forward(int4):
     model = Model(preset("tiny"))
+    if int4:  # LoRA / QAT start from int4 checkpoints: same embedding path as inference
+        quantize_model(model)
     x = mx.random.randint(0, 320, (2, 12))
     logits, st = forward(model, x, "dropless")
     np.testing.assert_allclose(np.array(logits), np.array(model(x)), rtol=1e-4, atol=1e-4)

@@ -94,7 +94,7 @@ def forward(model: Model, tokens, dispatch: str = "dropless", capacity_factor: f
     from mlx_lm.models.base import create_attention_mask
 
     m = model.model
-    h = m.embed_tokens(tokens).astype(model.compute_dtype)
+    h = m.embed(tokens, model.compute_dtype).astype(model.compute_dtype)
     mask = create_attention_mask(h, None)
     stats = []
     for layer in m.layers:
