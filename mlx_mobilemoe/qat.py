@@ -18,6 +18,8 @@ activation scales: MLX inference runs float activations against the int4 weights
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
@@ -25,7 +27,6 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import quant
-from .config import ModelArgs
 from .model import Model, quantize_model
 
 SCALE_MODES = ("dynamic", "learned")
@@ -229,12 +230,9 @@ def qat_options(model: Model) -> dict:
             "act_bits": mods[0].act_bits}
 
 
-def save_qat(model: Model, tokenizer, path) -> "Path":
+def save_qat(model: Model, tokenizer, path) -> Path:
     """Float32 master weights (+ learned log-scales) of a QAT model, with config.json,
     qat.json and the tokenizer: what `load_qat` and `python -m mlx_mobilemoe.export` read."""
-    import json
-    from pathlib import Path
-
     from .checkpoint import save_tokenizer
 
     path = Path(path)
@@ -250,9 +248,6 @@ def save_qat(model: Model, tokenizer, path) -> "Path":
 
 
 def load_qat(path) -> Model:
-    import json
-    from pathlib import Path
-
     from .checkpoint import load_config
 
     path = Path(path)
