@@ -31,13 +31,14 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir,
-                    chat_template: Optional[str] = CHAT_TEMPLATE) -> Path:
+                    chat_template: Optional[str] = CHAT_TEMPLATE,
+                    split_pattern: str = SPLIT_PATTERN) -> Path:
     """Train byte-level BPE on `texts`; special tokens take the first ids (0..5)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(split_pattern), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()

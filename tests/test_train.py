@@ -312,3 +312,16 @@ def test_line_aligned_windows_start_at_line_starts(corpus, tmp_path):
         s = int(hits[0])
         assert s == 0 or tok.decode([int(train[s - 1])]).endswith("\n")
     assert (np.array(y[:, :-1]) == np.array(x[:, 1:])).all()
+
+
+@pytest.mark.parametrize("split, pieces", [
+    ("llama3", ["ROMEO", ":Ċ", "Hi"]),  # ':' takes the newline: "ROMEO:" alone is unlike training
+    ("lines", ["ROMEO", ":", "Ċ", "Hi"]),  # a prompt cut at a line end tokenizes as in training
+])
+def test_bpe_split_choice(tmp_path, split, pieces):
+    from tokenizers import Tokenizer
+
+    from mlx_mobilemoe.train.bpe import train_bpe
+    out = train_bpe(["ROMEO:\nHi there.\nJULIET:\nGood night.\n"] * 10, 300, tmp_path, split)
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("ROMEO:\nHi")] == pieces

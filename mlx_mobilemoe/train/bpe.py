@@ -28,30 +28,5 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir, split: str = "llam
     """Byte-level BPE on `texts`; special tokens take the first ids (as train_tokenizer)."""
     if split not in SPLITS:
         raise ValueError(f"unknown tokenizer split {split!r}; choose from {sorted(SPLITS)}")
-    if split == "llama3":
-        return T.train_tokenizer(texts, vocab_size, out_dir, chat_template=chat_template)
-    import json
-
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(byte_fallback=False, ignore_merges=False))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLITS[split]), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=T.SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
-    tok.train_from_iterator(texts, trainer=trainer)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
-    # tokenizer_config.json as train_tokenizer writes it.
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": T.BOS,
-           "eos_token": T.EOS, "pad_token": T.PAD, "add_bos_token": False,
-           "model_max_length": 131072, "clean_up_tokenization_spaces": False}
-    if chat_template:
-        cfg["chat_template"] = chat_template
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    return out
+    return T.train_tokenizer(texts, vocab_size, out_dir, chat_template=chat_template,
+                             split_pattern=SPLITS[split])
