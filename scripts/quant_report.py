@@ -31,18 +31,18 @@ import mlx.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlx_mobilemoe import checkpoint, export, qat  # noqa: E402
+from mlx_mobilemoe.train.data import split_bytes  # noqa: E402
 from mlx_mobilemoe.train.qat_stage import load_qat_run  # noqa: E402
 
-DEFAULT_TEXT = Path("/work/shared/data/tinyshakespeare.txt")
+# ../shared/data beside the checkout, as on the project's machines and in CI
+DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def split_text(text: str, held_out: float = 0.05):
-    """(train, held-out): the held-out part starts at the first line after the cut."""
-    cut = int(len(text.encode()) * (1 - held_out))
-    head = text.encode()[:cut].decode(errors="ignore")
-    nl = text.find("\n", len(head))
-    nl = len(text) if nl < 0 else nl + 1
-    return text[:nl], text[nl:]
+    """(train, held-out) as the train CLI splits its data: the last 5% by bytes, from the
+    first line after the cut."""
+    train, held = split_bytes(text.encode(), held_out)
+    return train.decode(), held.decode()
 
 
 def encode(tokenizer, text: str) -> mx.array:
