@@ -1,7 +1,7 @@
 """Parity of the fused MoE FFN, driven by the case table in kernel_cases.py.
 
 - reference vs a float64 NumPy oracle (CPU, tiny widths: runs in CI);
-- kernel bodies on the CPU emulator vs the reference (CPU, tiny: runs in CI if g++ exists);
+- kernel bodies on the CPU emulator vs the float64 oracle (CPU, tiny: runs in CI if g++ exists);
 - kernel vs reference on a GPU (Metal or CUDA; skipped without one), S/M/L widths.
 Each GPU check prints one `PARITY` line (the committed GPU log is these lines).
 Run the GPU half with MLX_ENABLE_TF32=0: by default MLX runs float32 matmuls (the reference's
@@ -77,12 +77,13 @@ def emu():
 
 @needs_emu
 @pytest.mark.parametrize("case", kc.emu_cases(), ids=lambda c: c.id)
-def test_emulated_kernels_match_reference(case, emu):
+def test_emulated_kernels_match_oracle(case, emu):
+    """Against the float64 oracle, not the MLX reference: in float16 the reference rounds
+    every intermediate to half and sits ~2.5e-3 from the oracle (more on some hosts' CPU
+    kernels), while the kernels accumulate in float32 (~2e-4)."""
     x, w = _inputs(case)
-    with mx.stream(mx.cpu):
-        ref = moe_ffn_reference(x, w, case.k)
     out = moe_ffn(x, w, case.k, path=case.path, backend=emu)
-    assert kc.rel_err(out, ref) < _tol(case)
+    assert kc.rel_err(out, kc.oracle_moe(x, w, case.k)) < _tol(case)
 
 
 @needs_emu
