@@ -10,7 +10,7 @@
 #   PARALLEL=1      with STEPS: train both at once (one large GPU has room for both)
 #   CAP=S           safety cap in seconds per model (a time-limited machine); a capped run
 #                   stops early with its schedule shortened, and the report shows its steps
-#   EXTRA="k=v .."  extra stage settings for both models (e.g. "align=line")
+#   EXTRA="k=v .."  extra stage settings for both models (e.g. "moe.balance_gamma=3e-3")
 #   PY=python3      the interpreter (on a GPU machine: source .mlx-cuda/setup.sh first)
 # Runs on an NVIDIA GPU with MLX's CUDA backend (docs/training.md), or slowly on CPU. Then
 #   python scripts/train_default_report.py RUNS_DIR --install --plot docs/training_expert_load.png

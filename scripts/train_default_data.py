@@ -1,7 +1,9 @@
-"""Data for the bundled default model: four domains, one tokenizer, token files.
+"""Data for the bundled default model: five domains, one tokenizer, token files.
 
 Writes, under --out (default data-cache/default):
   text/arithmetic.txt     generated arithmetic and word problems (seeded, verifiable answers)
+  text/gcide.txt          the first --gcide-mb MB of the gcide dictionary (cut at a line end;
+                          the whole 40 MB would not fit what the GPU machine is sent)
   tokenizer/              byte-level BPE (tokenizer.json + tokenizer_config.json, no chat
                           template: the base model takes prompts raw)
   tokens/<domain>.tokens  train/held-out token files (held-out = last 5% of each file by
@@ -15,13 +17,14 @@ python scripts/train_default_data.py --shared ../shared/data --out data-cache/de
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import random
 import shutil
 import tempfile
 from pathlib import Path
 
-DOMAINS = ["tinyshakespeare", "kjv", "python-stdlib", "arithmetic"]
+DOMAINS = ["tinyshakespeare", "kjv", "python-stdlib", "gcide", "arithmetic"]
 NAMES = ["Tom", "Ann", "Sam", "Lily", "Omar", "Mia", "Ben", "Zoe"]
 THINGS = ["apples", "books", "coins", "marbles", "pencils", "cards", "stamps", "shells"]
 
@@ -61,6 +64,29 @@ def arithmetic_text(n_lines: int, seed: int = 0) -> str:
     return "\n".join(out) + "\n"
 
 
+def head_lines(path: Path, n_bytes: int) -> bytes:
+    """The first `n_bytes` of a file, shortened to end at a line end, as UTF-8.
+
+    gcide.txt is UTF-8 except for three stray Windows-1252 bytes (0x92, a right quote);
+    those are read as Windows-1252 so the training text is valid UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read(n_bytes)
+    if len(data) == n_bytes:
+        end = data.rfind(b"\n")
+        data = data[: end + 1] if end >= 0 else b""
+    if not data:
+        raise SystemExit(f"{path}: no whole line in the first {n_bytes} bytes")
+    return data.decode("utf-8", errors="cp1252_fallback").encode("utf-8")
+
+
+def _cp1252_fallback(err: UnicodeDecodeError):
+    bad = err.object[err.start:err.end]
+    return bad.decode("cp1252", errors="replace"), err.end
+
+
+codecs.register_error("cp1252_fallback", _cp1252_fallback)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,8 +94,10 @@ def main(argv=None):
     p.add_argument("--out", default="data-cache/default")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--arith-lines", type=int, default=60000)
+    p.add_argument("--gcide-mb", type=float, default=16.0,
+                   help="MB of gcide.txt to use (0: leave the dictionary out)")
     p.add_argument("--tokenizer-sample-mb", type=float, default=3.0)
-    p.add_argument("--split", default="llama3", choices=["llama3", "lines"],
+    p.add_argument("--split", default="lines", choices=["llama3", "lines"],
                    help="pre-tokenizer split (mlx_mobilemoe/train/bpe.py)")
     a = p.parse_args(argv)
 
@@ -82,6 +110,11 @@ def main(argv=None):
     arith.write_text(arithmetic_text(a.arith_lines))
     shared = Path(a.shared)
     sources = {d: shared / f"{d}.txt" for d in DOMAINS[:3]}
+    if a.gcide_mb > 0:
+        sources["gcide"] = out / "text" / "gcide.txt"
+        if not (shared / "gcide.txt").exists():
+            raise SystemExit(f"missing {shared / 'gcide.txt'}")
+        sources["gcide"].write_bytes(head_lines(shared / "gcide.txt", int(a.gcide_mb * 1e6)))
     sources["arithmetic"] = arith
     for d, f in sources.items():
         if not f.exists():

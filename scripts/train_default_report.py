@@ -2,7 +2,10 @@
 model and plot its expert load.
 
 python scripts/train_default_report.py runs/default [--install] [--plot docs/x.png]
+                                      [--gap 8192 [--data data-cache/default/tokens]]
 Prints a markdown table of held-out perplexities per domain and writes <runs>/results.json.
+--gap N adds each model's per-token loss on the first N training and first N held-out tokens
+of every domain (how much of the held-out gap is memorisation).
 """
 
 from __future__ import annotations
@@ -41,16 +44,49 @@ def table(moe: dict, dense: dict) -> str:
     return "\n".join(rows)
 
 
+def train_vs_heldout(run: Path, data: Path, n_tokens: int, seq_len: int = 512) -> dict:
+    """Mean per-token loss on the first n_tokens of each domain's training and held-out split."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import numpy as np
+
+    from mlx_mobilemoe import load
+    from mlx_mobilemoe.train.data import TokenFile, eval_windows
+
+    model, _ = load(run, dtype=mx.float32)
+    out = {}
+    for folder in sorted(data.glob("*.tokens")):
+        tf = TokenFile.open(folder)
+        row = {}
+        for split, toks in (("train", tf.train), ("held_out", tf.val)):
+            total = count = 0.0
+            for x, y, m in eval_windows(np.asarray(toks[: n_tokens + 1]), seq_len, 8):
+                logits = model(mx.array(x)).astype(mx.float32)
+                ce = nn.losses.cross_entropy(logits, mx.array(y), reduction="none")
+                total += float((ce * mx.array(m)).sum())
+                count += float(m.sum())
+            row[split] = round(total / count, 4)
+        out[tf.name] = row
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("runs")
     p.add_argument("--install", action="store_true",
                    help="copy the MoE checkpoint into mlx_mobilemoe/default_model")
     p.add_argument("--plot", help="write the MoE expert-load plot to this PNG")
+    p.add_argument("--gap", type=int, default=0, metavar="N",
+                   help="also report loss on N training vs N held-out tokens per domain")
+    p.add_argument("--data", default=str(ROOT / "data-cache" / "default" / "tokens"),
+                   help="the token folders the runs trained on (for --gap)")
     a = p.parse_args(argv)
     runs = Path(a.runs)
     moe, dense = run_info(runs / "moe"), run_info(runs / "dense")
     res = {"moe": moe, "dense": dense}
+    if a.gap:
+        for name, r in res.items():
+            r["train_vs_held_out"] = train_vs_heldout(runs / name, Path(a.data), a.gap)
     (runs / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     for name, r in res.items():
         print(f"{name}: {r['params']['active'] / 1e6:.2f}M active / "
@@ -58,6 +94,13 @@ def main(argv=None):
               f"{r['tokens'] / 1e6:.1f}M tokens, {r['train_seconds']:.0f}s, "
               f"final train loss {r['final_train_loss']:.3f}")
     print(table(moe, dense))
+    if a.gap:
+        print(f"\nper-token loss, first {a.gap} tokens (train / held-out):")
+        print("| domain | MoE | dense |\n|---|---|---|")
+        for d, m in moe["train_vs_held_out"].items():
+            dd = dense["train_vs_held_out"][d]
+            print(f"| {d} | {m['train']:.2f} / {m['held_out']:.2f} | "
+                  f"{dd['train']:.2f} / {dd['held_out']:.2f} |")
     if a.plot:
         from mlx_mobilemoe.train.plot import plot_expert_load
 

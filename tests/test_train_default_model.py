@@ -2,6 +2,7 @@
 template), and it has learned Shakespeare (loss far below uniform on a familiar passage)."""
 
 import json
+import re
 import math
 
 import mlx.core as mx
@@ -35,3 +36,35 @@ def test_bundled_model_knows_shakespeare():
     logits = model(mx.array([ids[:-1]]))
     loss = nn.losses.cross_entropy(logits[0], mx.array(ids[1:])).mean().item()
     assert loss < 0.5 * math.log(model.args.vocab_size), loss
+
+
+SPEAKER = re.compile(r"^[A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)*:$")  # "ROMEO:", "DUKE OF YORK:", "Nurse:"
+NOT_A_PLAY = re.compile(r"\bdef |\bimport |\bself\.|\breturn\b|[=+*/] ?\d|\bLORD\b|\bunto\b|^\s{4}",
+                        re.MULTILINE)
+
+
+def play_like(text: str) -> bool:
+    """A continuation that reads like tinyshakespeare: a speaker cue on a line of its own and
+    nothing of the other domains (code, arithmetic, the King James Bible, indented
+    dictionary entries)."""
+    return any(SPEAKER.match(l) for l in text.splitlines()) and not NOT_A_PLAY.search(text)
+
+
+def test_play_like_tells_the_domains_apart():
+    assert play_like("\nI'll take all death.\n\nGLOUCESTER:\nNay, how good counsel is this.")
+    assert not play_like("\nI'll take all death.\nAnd I will go.")  # no speaker cue
+    assert not play_like("\nNURSE:\n    def close(self):\n        return self._f")
+    assert not play_like("\nJULIET:\nAnd the LORD spake unto Moses")
+    assert not play_like("\nTom:\n12 + 30 = 42")
+
+
+def test_generate_cli_continues_romeo_as_a_play(capsys):
+    """Acceptance: `python -m mlx_mobilemoe.generate --prompt "ROMEO:" --max-tokens 60` (no
+    --model, default sampling) prints Shakespeare-like text; seeds 0-4."""
+    from mlx_mobilemoe import generate
+
+    for seed in range(5):
+        assert generate.main(["--prompt", "ROMEO:", "--max-tokens", "60",
+                              "--seed", str(seed)]) in (0, None)
+        text = capsys.readouterr().out
+        assert play_like(text), f"seed {seed}: {text!r}"
