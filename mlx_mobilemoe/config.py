@@ -233,6 +233,14 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> ModelArgs:
+    """A preset's config with `overrides`. A new num_hidden_layers repeats the preset's
+    no_rope_layers pattern to the new depth (unless no_rope_layers is given too)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return ModelArgs.from_dict({**PRESETS[name], **overrides})
+    base = dict(PRESETS[name])
+    pattern = base.get("no_rope_layers")
+    if pattern and "num_hidden_layers" in overrides and "no_rope_layers" not in overrides:
+        n = overrides["num_hidden_layers"]
+        if isinstance(n, int) and n > 0:
+            base["no_rope_layers"] = [pattern[i % len(pattern)] for i in range(n)]
+    return ModelArgs.from_dict({**base, **overrides})

@@ -124,3 +124,10 @@ def test_mlx_lm_stream_generate_runs(tiny_qat):
 def test_random_init_model_runs():
     model = Model(preset("tiny"))
     assert model(mx.array([[1, 2, 3]])).shape == (1, 3, 320)
+
+
+def test_preset_depth_override_repeats_the_rope_pattern():
+    args = preset("tiny", num_hidden_layers=5)
+    assert args.no_rope_layers == [1, 0, 1, 0, 1]
+    assert preset("tiny", num_hidden_layers=3, no_rope_layers=[0, 0, 0]).no_rope_layers == [0, 0, 0]
+    assert preset("S", num_hidden_layers=2).num_hidden_layers == 2  # S has no pattern

@@ -1,0 +1,34 @@
+"""scripts/bench_moe.py runs on a CPU (reference path only, tiny widths) and writes JSON and a
+markdown table; timings are not asserted."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_moe", ROOT / "scripts" / "bench_moe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_layer_and_overhead_run_on_cpu(tmp_path, capsys):
+    bench = _bench()
+    out = tmp_path / "layer.json"
+    bench.main(["--part", "layer", "--sizes", "tiny", "--tokens", "1", "3", "--layers", "2",
+                "--iters", "2", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert [(r["size"], r["tokens"]) for r in res["layer"]] == [("tiny", 1), ("tiny", 3)]
+    for r in res["layer"]:
+        assert r["kernels"] is False and r["ours_us"] > 0 and r["mlx_lm_us"] > 0
+        assert r["speedup_vs_mlx_lm"] == r["mlx_lm_us"] / r["ours_us"]
+    assert "| tiny | 1 |" in bench.markdown(res)
+    out = tmp_path / "overhead.json"
+    bench.main(["--part", "overhead", "--sizes", "tiny", "--layers", "2", "--iters", "2",
+                "--out", str(out)])
+    paths = [r["path"] for r in json.loads(out.read_text())["overhead"]]
+    assert paths[:4] == ["ours", "ours (eager)", "reference", "mlx_lm"]
+    capsys.readouterr()
