@@ -18,6 +18,7 @@ On a CPU only the reference paths run (no kernels): use it as a smoke test with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -106,6 +107,16 @@ def _mlxlm_layers(args, n, dtype):
     return layers
 
 
+@contextlib.contextmanager
+def _env(name):
+    """Set the switch `name`=1 for the block (MLX_MOBILEMOE_REFERENCE / _EAGER)."""
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def _time(fn, iters, warmup=3):
     for _ in range(warmup):
         fn()
@@ -138,12 +149,14 @@ def bench_layer(sizes, tokens, dtype, n_layers, iters):
             mx.eval(xs)
             it = iters if T < 64 else max(iters // 5, 3)
             t_ours = _time_layers(ours, xs, it)
-            os.environ["MLX_MOBILEMOE_REFERENCE"] = "1"
-            t_ref = _time_layers(ours, xs, it)
-            del os.environ["MLX_MOBILEMOE_REFERENCE"]
+            with _env("MLX_MOBILEMOE_EAGER"):
+                t_eager = _time_layers(ours, xs, it)
+            with _env("MLX_MOBILEMOE_REFERENCE"):
+                t_ref = _time_layers(ours, xs, it)
             t_base = _time_layers(base, xs, it)
             row = dict(size=size, tokens=T, k=args.num_experts_per_tok,
-                       ours_us=t_ours * 1e6, reference_us=t_ref * 1e6, mlx_lm_us=t_base * 1e6,
+                       ours_us=t_ours * 1e6, ours_eager_us=t_eager * 1e6,
+                       reference_us=t_ref * 1e6, mlx_lm_us=t_base * 1e6,
                        speedup_vs_mlx_lm=t_base / t_ours, kernels=gpu_backend() is not None)
             if T == 1:
                 row["active_MB"] = active_bytes(args) / 1e6
@@ -165,15 +178,14 @@ def bench_overhead(sizes, dtype, n_layers, iters):
         base = _mlxlm_layers(args, n_layers, dtype)
         xs = [mx.random.normal((1, 1, args.hidden_size)).astype(dtype) for _ in ours]
         mx.eval(xs)
-        for name, layers, env in (("ours", ours, "0"), ("reference", ours, "1"),
-                                  ("mlx_lm", base, "0")):
-            os.environ["MLX_MOBILEMOE_REFERENCE"] = env
-            t_build = _time(lambda: [m(x) for m, x in zip(layers, xs)], iters) / n_layers
-            t_all = _time_layers(layers, xs, iters)
+        for name, layers, switch in (("ours", ours, None), ("ours (eager)", ours, "EAGER"),
+                                     ("reference", ours, "REFERENCE"), ("mlx_lm", base, None)):
+            with (_env(f"MLX_MOBILEMOE_{switch}") if switch else contextlib.nullcontext()):
+                t_build = _time(lambda: [m(x) for m, x in zip(layers, xs)], iters) / n_layers
+                t_all = _time_layers(layers, xs, iters)
             rows.append(dict(size=size, path=name, build_us=t_build * 1e6,
                              eval_us=(t_all - t_build) * 1e6, total_us=t_all * 1e6))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        os.environ.pop("MLX_MOBILEMOE_REFERENCE", None)
         rows += _host_probe(size, ours[0], xs[0], args.num_experts_per_tok)
         del ours, base
         gc.collect()
@@ -239,13 +251,12 @@ def bench_models(sizes, dtype, prompt_len, decode_tokens, repeats):
         model = quantize_model(Model(preset(size)))
         model.set_dtype(dtype)
         mx.eval(model.parameters())
-        for fused in (True, False):
-            if not fused:
-                os.environ["MLX_MOBILEMOE_REFERENCE"] = "1"
-            r = _gen_speed(model, prompt_len, decode_tokens, repeats)
-            os.environ.pop("MLX_MOBILEMOE_REFERENCE", None)
-            row = dict(model=f"MobileMoE-{size}", fused=fused and gpu_backend() is not None, **r,
-                       decode_vs_dense=r["decode_tps"] / ref["decode_tps"],
+        variants = [("fused", None), ("fused, eager decode", "EAGER"), ("reference", "REFERENCE")]
+        for variant, switch in variants if gpu_backend() else variants[2:]:
+            with (_env(f"MLX_MOBILEMOE_{switch}") if switch else contextlib.nullcontext()):
+                r = _gen_speed(model, prompt_len, decode_tokens, repeats)
+            row = dict(model=f"MobileMoE-{size}", path=variant, fused=variant != "reference",
+                       **r, decode_vs_dense=r["decode_tps"] / ref["decode_tps"],
                        prompt_vs_dense=r["prompt_tps"] / ref["prompt_tps"])
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -264,21 +275,27 @@ def markdown(res) -> str:
            ""]
     if res.get("layer"):
         out += ["## One MoE FFN layer (routing + k routed experts + shared expert)", "",
-                "| size | T | ours µs | mlx-lm µs | ours vs mlx-lm | reference µs | ours GB/s (T=1) |",
-                "|---|---|---|---|---|---|---|"]
+                "`ours`: the fused kernels, decode replaying an `mx.compile`d graph; `eager`: the "
+                "same kernels with the graph built op by op (`MLX_MOBILEMOE_EAGER=1`).", "",
+                "| size | T | ours µs | eager µs | mlx-lm µs | ours vs mlx-lm | reference µs | ours GB/s (T=1) |",
+                "|---|---|---|---|---|---|---|---|"]
         for r in res["layer"]:
             gbs = f"{r['ours_GBps']:.0f}" if "ours_GBps" in r else ""
-            out.append(f"| {r['size']} | {r['tokens']} | {r['ours_us']:.1f} | {r['mlx_lm_us']:.1f} | "
-                       f"{r['speedup_vs_mlx_lm']:.2f}x | {r['reference_us']:.1f} | {gbs} |")
+            eager = f"{r['ours_eager_us']:.1f}" if "ours_eager_us" in r else ""
+            out.append(f"| {r['size']} | {r['tokens']} | {r['ours_us']:.1f} | {eager} | "
+                       f"{r['mlx_lm_us']:.1f} | {r['speedup_vs_mlx_lm']:.2f}x | "
+                       f"{r['reference_us']:.1f} | {gbs} |")
         out.append("")
     if res.get("model"):
         out += ["## Whole model: prompt (512 tokens) and decode, tokens/s", "",
-                "| model | fused kernels | prompt tok/s | decode tok/s | prompt vs dense | decode vs dense |",
+                "| model | MoE path | prompt tok/s | decode tok/s | prompt vs dense | decode vs dense |",
                 "|---|---|---|---|---|---|"]
         for r in res["model"]:
             vs = (f"{r['prompt_vs_dense']:.2f}x | {r['decode_vs_dense']:.2f}x"
                   if "decode_vs_dense" in r else "1 | 1")
-            out.append(f"| {r['model']} | {'yes' if r.get('fused') else 'no'} | "
+            path = r.get("path", "fused" if r.get("fused") else "reference") \
+                if "decode_vs_dense" in r else ""
+            out.append(f"| {r['model']} | {path} | "
                        f"{r['prompt_tps']:.0f} | {r['decode_tps']:.1f} | {vs} |")
         out.append("")
     if res.get("overhead"):

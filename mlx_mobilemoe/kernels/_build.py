@@ -64,6 +64,12 @@ def reference_forced() -> bool:
     return os.environ.get("MLX_MOBILEMOE_REFERENCE", "0") not in ("", "0")
 
 
+def eager() -> bool:
+    """MLX_MOBILEMOE_EAGER=1 builds the decode path op by op each call instead of replaying
+    an `mx.compile`d graph (for comparison and debugging; same kernels, same numbers)."""
+    return os.environ.get("MLX_MOBILEMOE_EAGER", "0") not in ("", "0")
+
+
 _GPU = "metal" if mx.metal.is_available() else (
     "cuda" if hasattr(mx, "cuda") and mx.cuda.is_available() else None)
 
@@ -75,9 +81,18 @@ def gpu_backend() -> Optional[str]:
     return _GPU
 
 
+_COMPILABLE = {"metal", "cuda"}  # kernels that are MLX primitives, so mx.compile can trace them
+
+
 def register_backend(name: str, factory: Callable, prologue: str, shim: str) -> None:
-    """Add a backend (the tests' CPU emulator): factory(name, inputs, outputs, source, header)."""
+    """Add a backend (the tests' CPU emulator): factory(name, inputs, outputs, source, header).
+    Its kernels run eagerly (outside mx.compile): an emulator computes on concrete arrays."""
     _FACTORY[name], PROLOGUE[name], _SHIM[name] = factory, prologue, shim
+
+
+def compiled_decode(backend: str) -> bool:
+    """Whether the decode path replays an mx.compile'd graph on this backend."""
+    return backend in _COMPILABLE and not eager()
 
 
 def kernel(backend: str, name: str, inputs: list[str], outputs: list[str], glue: str,

@@ -387,8 +387,15 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
 
 
 def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
+    # Decode runs once per token per layer with the same few shapes: replaying a compiled
+    # graph skips rebuilding it in Python (the arguments, the small constant arrays and both
+    # launches), which cost more host time than the kernels take on the GPU.
+    decode = mx.compile(lambda x: _decode(x, w, k, backend, False))
+
     @mx.custom_function
     def f(x):
+        if x.size <= DECODE_MAX_TOKENS * x.shape[-1] and _build.compiled_decode(backend):
+            return decode(x)
         return _run(x, w, k, backend)
 
     @f.vjp
