@@ -92,9 +92,13 @@ class Session:
         self.cache = self._make_cache()
         self.cached_tokens = []  # exactly the tokens whose keys/values are in the cache
 
-    def reply(self, user_text: str, out=sys.stdout):
+    def reply(self, user_text: str, out=None):
+        """Generate the answer to `user_text`, streaming it to `out` (default: the current
+        sys.stdout, looked up at call time so redirection works)."""
         from mlx_lm import stream_generate
         from mlx_lm.models.cache import trim_prompt_cache
+
+        out = sys.stdout if out is None else out
 
         self.messages.append({"role": "user", "content": user_text})
         tokens = prompt_tokens(self.tokenizer, self.messages, self.args.raw)
