@@ -7,7 +7,8 @@ float32; the logits of every position of a few prompts and greedy continuations 
 are written beside it. A table of strings gives the tokenizer ids and decodes of Python's
 `tokenizers`, and 300 random strings (fixed seed) a fuzzed table of ids. A sentencepiece BPE
 model (byte fallback) exported to tokenizer.json in the two shapes in use (Llama 2's Prepend/
-Replace normalizers, and a Metaspace pre-tokenizer) gets the same tables. Everything is
+Replace normalizers, and a Metaspace pre-tokenizer) gets the same tables, and so does the bundled
+default model's tokenizer (tokenizer-default-model.json; rerun after retraining it). Everything is
 deterministic (rerunning rewrites identical files); the output stays well under 2 MB.
 
     python scripts/write_swift_fixtures.py [--out swift/MobileMoEKit/Tests/MobileMoEKitTests/Fixtures]
@@ -202,6 +203,24 @@ def fuzz_strings(n: int, seed: int, pools: list) -> list:
     return out
 
 
+DEFAULT_MODEL_TEXTS = [
+    "ROMEO:", "ROMEO:\n", "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n\nROMEO:\n",
+    "In the beginning God created the heaven and the earth.",
+    "12 + 30 = 42\nTom has 5 apples. Ann gives Tom 3 more.", "Ab*stract\", \n  Defn: x",
+]
+
+
+def write_default_model_cases(out: Path) -> None:
+    """Ids of the bundled default model's tokenizer (the `lines` split) for the case table,
+    Shakespeare/scripture/code/arithmetic lines and the fuzzed strings: the Swift package reads
+    mlx_mobilemoe/default_model/tokenizer.json itself and must reproduce them."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(ROOT / "mlx_mobilemoe" / "default_model" / "tokenizer.json"))
+    texts = TOKENIZER_CASES + DEFAULT_MODEL_TEXTS + fuzz_strings(FUZZ_CASES, 2, FUZZ_POOLS)
+    rows = [[t, tok.encode(t).ids, tok.decode(tok.encode(t).ids)] for t in texts]
+    (out / "tokenizer-default-model.json").write_text(json.dumps(rows, ensure_ascii=False) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -249,6 +268,7 @@ def main():
                 rows.append([text, ids, tok.decode(ids), tok.decode(ids, skip_special_tokens=False)])
             spm_cases[name] = rows
     (out / "tokenizer-spm-cases.json").write_text(json.dumps(spm_cases, ensure_ascii=False) + "\n")
+    write_default_model_cases(out)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote fixtures to {out} ({total / 1e6:.2f} MB)")
 

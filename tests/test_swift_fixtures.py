@@ -52,3 +52,16 @@ def test_tokenizer_table_is_current():
             assert spm.encode(text).ids == ids, (name, text)
             assert spm.decode(ids) == decoded
             assert spm.decode(ids, skip_special_tokens=False) == decoded_special
+
+
+def test_default_model_tokenizer_table_is_current():
+    """Swift reads the bundled model's tokenizer.json itself; its expected ids must be the
+    current tokenizer's (rerun scripts/write_swift_fixtures.py after retraining the model)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(checkpoint.DEFAULT_MODEL / "tokenizer.json"))
+    rows = json.loads((FIXTURES / "tokenizer-default-model.json").read_text())
+    assert len(rows) > 300 and any(r[0] == "ROMEO:" for r in rows)
+    for text, ids, decoded in rows:
+        assert tok.encode(text).ids == ids, text
+        assert tok.decode(ids) == decoded, text

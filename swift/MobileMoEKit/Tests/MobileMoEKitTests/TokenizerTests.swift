@@ -116,3 +116,20 @@ final class TokenizerTests: XCTestCase {
         XCTAssertEqual(PreTokenizer.split(#"x\sy"#, escaped, keepMatches: true), ["x", #"\s"#, "y"])
     }
 }
+
+final class DefaultModelTokenizerTests: XCTestCase {
+    // The Python package's bundled model (mlx_mobilemoe/default_model): its tokenizer uses a
+    // pre-tokenizer split of its own (newlines kept apart from punctuation), read from the file.
+    func testBundledModelTokenizerMatchesPython() throws {
+        let repo = Fixtures.directory.deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let tok = try Tokenizer(directory: repo.appendingPathComponent("mlx_mobilemoe/default_model"))
+        let rows = try Fixtures.json("tokenizer-default-model.json") as! [[Any]]
+        XCTAssertGreaterThan(rows.count, 300)
+        for r in rows {
+            let text = r[0] as! String, ids = r[1] as! [Int]
+            XCTAssertEqual(tok.encode(text), ids, "ids of \(text.debugDescription)")
+            XCTAssertEqual(tok.decode(ids), r[2] as! String, "decode of \(text.debugDescription)")
+        }
+    }
+}
