@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation dtype")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], default=None,
                    help="quantize the KV cache from the first token (mlx-lm QuantizedKVCache)")
+    p.add_argument("--quantize", choices=["rtn", "mse"], default=None,
+                   help="quantize a float checkpoint to int4 g32 after loading (post-training: "
+                        "round to nearest or MSE scale search), the format the fused kernels "
+                        "run on a GPU; `python -m mlx_mobilemoe.export` writes it to disk")
+    p.add_argument("--verbose", action="store_true",
+                   help="say which MoE path runs (fused kernels or plain MLX) and why")
     return p
 
 
@@ -152,6 +158,17 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.quantize:
+        if model.args.is_quantized:
+            print(f"error: --quantize: {args.model or 'the model'} is already int4", file=sys.stderr)
+            return 2
+        from .qat import ptq
+        ptq(model, args.quantize)
+        model.set_dtype(DTYPES[args.dtype])
+    if args.verbose:
+        from .kernels import moe_path
+        print(f"[MoE: {moe_path(model.layers[0].feed_forward, DTYPES[args.dtype])}]",
+              file=sys.stderr)
     if args.experts_per_token is not None:
         try:
             model.set_experts_per_token(args.experts_per_token)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import types
 
+import mlx.core as mx
 import pytest
 
 from mlx_mobilemoe import load
@@ -65,3 +66,39 @@ def test_multi_turn_cache_reuse_matches_fresh_session(tiny_qat, capsys):
     again = fresh.reply("You are all resolved?")
     assert s.messages[-1]["content"] == fresh.messages[-1]["content"]
     assert second.generation_tokens == again.generation_tokens
+
+
+def test_quantize_flag_matches_the_exported_int4_model(tiny_qat, tmp_path, tokenizer_dir):
+    """--quantize rtn|mse quantizes a float checkpoint in memory exactly as the export CLI
+    writes it (same greedy text), and refuses a checkpoint that is already int4."""
+    import official
+    from conftest import add_tokenizer
+    from mlx_mobilemoe.export import export_folder
+
+    bf16 = tmp_path / "bf16"
+    official.write_checkpoint(bf16, official.TINY, qat=False, seed=2)
+    add_tokenizer(bf16, tokenizer_dir)
+    for method in ("rtn", "mse"):
+        exported = export_folder(bf16, tmp_path / f"int4-{method}", method)
+        args = ("--prompt", "Speak", "--max-tokens", "12", "--temp", "0")
+        a = run_cli("--model", str(bf16), "--quantize", method, *args)
+        b = run_cli("--model", str(exported), *args)
+        c = run_cli("--model", str(bf16), *args)
+        assert a.returncode == b.returncode == c.returncode == 0, a.stderr + b.stderr
+        assert a.stdout == b.stdout, method
+        assert a.stdout != c.stdout or method == "mse"  # rtn moves these random weights a lot
+    r = run_cli("--model", str(tiny_qat[0]), "--quantize", "rtn", "--prompt", "x")
+    assert r.returncode == 2 and "already int4" in r.stderr
+
+
+def test_verbose_names_the_moe_path(tiny_qat, monkeypatch):
+    from mlx_mobilemoe.kernels import _build, moe_path
+    r = run_cli("--model", str(tiny_qat[0]), "--prompt", "x", "--max-tokens", "2", "--verbose")
+    assert "[MoE: plain MLX (no Metal/CUDA device)]" in r.stderr
+    model, _ = load(tiny_qat[0])
+    moe = model.layers[0].feed_forward
+    monkeypatch.setattr(_build, "gpu_backend", lambda: "cuda")
+    assert moe_path(moe, mx.float32) == "fused int4 kernels (cuda)"
+    assert moe_path(moe, mx.bfloat16).startswith("plain MLX (")
+    from mlx_mobilemoe import Model, preset
+    assert "need int4" in moe_path(Model(preset("tiny")).layers[0].feed_forward, mx.float32)

@@ -2,8 +2,8 @@
 dispatcher per op. Set MLX_MOBILEMOE_REFERENCE=1 to force the reference everywhere."""
 
 from ._build import gpu_backend, reference_forced
-from .moe import (MoEWeights, QWeight, fused_moe, moe_ffn, moe_ffn_reference,
-                      route_reference, weights_from_module)
+from .moe import (MoEWeights, QWeight, fused_moe, moe_ffn, moe_ffn_reference, moe_path,
+                  route_reference, weights_from_module)
 
 __all__ = ["MoEWeights", "QWeight", "fused_moe", "gpu_backend", "moe_ffn",
-           "moe_ffn_reference", "reference_forced", "route_reference", "weights_from_module"]
+           "moe_ffn_reference", "moe_path", "reference_forced", "route_reference", "weights_from_module"]

@@ -386,6 +386,20 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
     return fn(x)
 
 
+def moe_path(moe, dtype) -> str:
+    """Which path the model's MoE module takes for activations of `dtype`, in words: the fused
+    kernels ("fused int4 kernels (cuda)") or the plain-MLX reference, and why."""
+    backend = _build.gpu_backend()
+    if backend is None:
+        return "plain MLX (" + ("MLX_MOBILEMOE_REFERENCE=1" if _build.reference_forced()
+                                else "no Metal/CUDA device") + ")"
+    w = weights_from_module(moe)
+    if w is None:
+        return "plain MLX (float or non-symmetric-int4 experts: the kernels need int4)"
+    why = kernel_supported(w, moe.num_experts_per_tok, dtype)
+    return f"plain MLX ({why})" if why else f"fused int4 kernels ({backend})"
+
+
 def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
     # Decode runs once per token per layer with the same few shapes: replaying a compiled
     # graph skips rebuilding it in Python (the arguments, the small constant arrays and both
