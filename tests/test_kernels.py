@@ -115,6 +115,38 @@ def test_model_moe_uses_kernels_and_keeps_reference_gradient(emu, monkeypatch):
     assert kc.rel_err(mx.grad(lambda v: moe(v).sum())(x), g_ref) < 1e-6
 
 
+@needs_emu
+def test_module_memo_follows_weight_and_module_changes(emu, monkeypatch):
+    """The fused path caches its view of the module's weights; replacing an array, a
+    submodule or a routing scalar rebuilds it, so the output always follows the module."""
+    from mlx_mobilemoe import Model, preset
+    from mlx_mobilemoe.model import quantize_model
+    mx.random.seed(4)
+    moe = quantize_model(Model(preset("tiny"))).layers[0].feed_forward
+    x = mx.random.normal((1, 2, 64))
+    monkeypatch.setattr(_build, "gpu_backend", lambda: emu)
+
+    def check():
+        out = moe(x)
+        with monkeypatch.context() as m:
+            m.setattr(_build, "gpu_backend", lambda: None)
+            ref = moe(x)
+        assert kc.rel_err(out, ref) < 2e-5
+        return moe.__dict__["_mm_memo"]
+
+    memo = check()
+    assert check() is memo  # unchanged module: the memo holds
+    moe.experts.down.scales = moe.experts.down.scales * 2
+    moe.experts.down.biases = moe.experts.down.biases * 2
+    assert check() is not memo
+    memo = moe.__dict__["_mm_memo"]
+    moe.routed_scaling_factor = 2.5
+    assert check() is not memo
+    memo = moe.__dict__["_mm_memo"]
+    moe.shared_expert = quantize_model(Model(preset("tiny"))).layers[1].feed_forward.shared_expert
+    assert check() is not memo
+
+
 def test_dispatch_falls_back_to_reference(monkeypatch):
     case = kc.Case("tiny", 2, 2, True)
     x, w = _inputs(case)

@@ -308,10 +308,16 @@ def _run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: b
 
 class _Memo:
     """Per-module cache (a plain attribute, not a parameter): the MoEWeights view of the
-    module's arrays, keyed by their identities, and which (k, dtype) the kernels support."""
+    module's arrays, which (k, dtype) the kernels support, and the built functions. `refs`
+    are the (container, key, value) links from the module down to every array the kernels
+    read; the memo holds while each container still holds the same object at its key."""
 
-    def __init__(self, key, weights):
-        self.key, self.weights, self.ok, self.fns = key, weights, {}, {}
+    def __init__(self, refs, scalars, weights):
+        self.refs, self.scalars, self.weights, self.ok, self.fns = refs, scalars, weights, {}, {}
+
+    def valid(self, moe) -> bool:
+        return (all(c[k] is v for c, k, v in self.refs)
+                and self.scalars == (moe.routed_scaling_factor, moe.norm_topk_prob))
 
 
 def _qw(mod) -> Optional[QWeight]:
@@ -345,16 +351,28 @@ def weights_from_module(moe) -> Optional[MoEWeights]:
                       moe.norm_topk_prob)
 
 
-def _module_key(moe):
-    """Identities of every array the kernels read (item access: Module.__getattr__ is slow),
-    plus the routing scalars: the memo is rebuilt whenever one of them changes."""
-    ex = moe["experts"]
-    mods = [moe["router"], ex["gate_up"], ex["down"]]
+def _module_refs(moe) -> list:
+    """(container, key, value) for each module on the way to, and each array read by, the
+    kernels (item access: Module.__getattr__ is slow)."""
+    refs = []
+
+    def walk(parent, key):
+        child = parent[key]
+        refs.append((parent, key, child))
+        return child
+
+    walk(moe, "expert_bias")
+    mods = [walk(moe, "router")]
+    ex = walk(moe, "experts")
+    mods += [walk(ex, "gate_up"), walk(ex, "down")]
     if "shared_expert" in moe:
-        sh = moe["shared_expert"]
-        mods += [sh["gate_proj"], sh["up_proj"], sh["down_proj"]]
-    return (tuple(id(v) for m in mods for v in m.values()), id(moe["expert_bias"]),
-            moe.routed_scaling_factor, moe.norm_topk_prob)
+        sh = walk(moe, "shared_expert")
+        mods += [walk(sh, n) for n in ("gate_proj", "up_proj", "down_proj")]
+    for m in mods:
+        for k in list(m.keys()):
+            if isinstance(m[k], mx.array):
+                walk(m, k)
+    return refs
 
 
 def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
@@ -368,10 +386,10 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
         raise RuntimeError(
             "fused MoE kernels: the kernel sources (metal/*.h) are missing from this install; "
             "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
-    key = _module_key(moe)
     memo = moe.__dict__.get("_mm_memo")
-    if memo is None or memo.key != key:
-        memo = _Memo(key, weights_from_module(moe))
+    if memo is None or not memo.valid(moe):
+        memo = _Memo(_module_refs(moe), (moe.routed_scaling_factor, moe.norm_topk_prob),
+                     weights_from_module(moe))
         object.__setattr__(moe, "_mm_memo", memo)
     w, k = memo.weights, moe.num_experts_per_tok
     if w is None:
@@ -401,19 +419,24 @@ def moe_path(moe, dtype) -> str:
 
 
 def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
-    # Decode runs once per token per layer with the same few shapes: replaying a compiled
-    # graph skips rebuilding it in Python (the arguments, the small constant arrays and both
-    # launches), which cost more host time than the kernels take on the GPU.
-    decode = mx.compile(lambda x: _decode(x, w, k, backend, False))
-
+    """The kernels as a differentiable function of x (the gradient is the reference's). At
+    decode sizes it is called through `mx.compile`: decode runs once per token per layer
+    with the same few shapes, and replaying the traced graph skips rebuilding it in Python
+    (the custom_function, both launches and their small constant inputs), which costs more
+    host time than the kernels take on the GPU. `mx.compile` keeps the custom VJP."""
     @mx.custom_function
     def f(x):
-        if x.size <= DECODE_MAX_TOKENS * x.shape[-1] and _build.compiled_decode(backend):
-            return decode(x)
         return _run(x, w, k, backend)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):  # one primal: MLX passes the array itself
         return mx.vjp(lambda v: moe_ffn_reference(v, w, k), [primals], [cotangent])[1][0]
 
-    return f
+    decode = mx.compile(f)
+
+    def call(x):
+        if x.size <= DECODE_MAX_TOKENS * x.shape[-1] and _build.compiled_decode(backend):
+            return decode(x)
+        return f(x)
+
+    return call
