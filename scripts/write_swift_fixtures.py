@@ -217,7 +217,10 @@ def write_default_model_cases(out: Path) -> None:
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(str(ROOT / "mlx_mobilemoe" / "default_model" / "tokenizer.json"))
     texts = TOKENIZER_CASES + DEFAULT_MODEL_TEXTS + fuzz_strings(FUZZ_CASES, 2, FUZZ_POOLS)
-    rows = [[t, tok.encode(t).ids, tok.decode(tok.encode(t).ids)] for t in texts]
+    rows = []
+    for t in texts:
+        ids = tok.encode(t).ids
+        rows.append([t, ids, tok.decode(ids)])
     (out / "tokenizer-default-model.json").write_text(json.dumps(rows, ensure_ascii=False) + "\n")
 
 

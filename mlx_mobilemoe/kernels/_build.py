@@ -59,15 +59,20 @@ def compact(text: str) -> str:
                    if l.strip() and not l.lstrip().startswith("//"))  # ends with a newline
 
 
+def _switch(name: str) -> bool:
+    """An on/off environment switch: set and not "0"."""
+    return os.environ.get(name, "0") not in ("", "0")
+
+
 def reference_forced() -> bool:
     """MLX_MOBILEMOE_REFERENCE=1 forces the plain-MLX reference everywhere."""
-    return os.environ.get("MLX_MOBILEMOE_REFERENCE", "0") not in ("", "0")
+    return _switch("MLX_MOBILEMOE_REFERENCE")
 
 
 def eager() -> bool:
     """MLX_MOBILEMOE_EAGER=1 builds the decode path op by op each call instead of replaying
     an `mx.compile`d graph (for comparison and debugging; same kernels, same numbers)."""
-    return os.environ.get("MLX_MOBILEMOE_EAGER", "0") not in ("", "0")
+    return _switch("MLX_MOBILEMOE_EAGER")
 
 
 _GPU = "metal" if mx.metal.is_available() else (

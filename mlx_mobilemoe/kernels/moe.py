@@ -297,10 +297,15 @@ def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
     return _run(x, w, k, backend, path, official)
 
 
+def _decode_sized(x) -> bool:
+    """Few enough tokens for the decode path."""
+    return x.size <= DECODE_MAX_TOKENS * x.shape[-1]
+
+
 def _run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: bool = False):
     """The kernels, no checks (moe_ffn and fused_moe check once). Same shape as x."""
     if path == "auto":
-        path = "decode" if x.size <= DECODE_MAX_TOKENS * x.shape[-1] else "prefill"
+        path = "decode" if _decode_sized(x) else "prefill"
     return (_decode if path == "decode" else _prefill)(x, w, k, backend, official)
 
 
@@ -312,12 +317,16 @@ class _Memo:
     are the (container, key, value) links from the module down to every array the kernels
     read; the memo holds while each container still holds the same object at its key."""
 
-    def __init__(self, refs, scalars, weights):
-        self.refs, self.scalars, self.weights, self.ok, self.fns = refs, scalars, weights, {}, {}
+    def __init__(self, moe):
+        self.refs, self.scalars = _module_refs(moe), self._scalars(moe)
+        self.weights, self.ok, self.fns = weights_from_module(moe), {}, {}
+
+    @staticmethod
+    def _scalars(moe):
+        return moe.routed_scaling_factor, moe.norm_topk_prob
 
     def valid(self, moe) -> bool:
-        return (all(c[k] is v for c, k, v in self.refs)
-                and self.scalars == (moe.routed_scaling_factor, moe.norm_topk_prob))
+        return all(c[k] is v for c, k, v in self.refs) and self.scalars == self._scalars(moe)
 
 
 def _qw(mod) -> Optional[QWeight]:
@@ -388,8 +397,7 @@ def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
             "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
     memo = moe.__dict__.get("_mm_memo")
     if memo is None or not memo.valid(moe):
-        memo = _Memo(_module_refs(moe), (moe.routed_scaling_factor, moe.norm_topk_prob),
-                     weights_from_module(moe))
+        memo = _Memo(moe)
         object.__setattr__(moe, "_mm_memo", memo)
     w, k = memo.weights, moe.num_experts_per_tok
     if w is None:
@@ -435,7 +443,7 @@ def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
     decode = mx.compile(f)
 
     def call(x):
-        if x.size <= DECODE_MAX_TOKENS * x.shape[-1] and _build.compiled_decode(backend):
+        if _decode_sized(x) and _build.compiled_decode(backend):
             return decode(x)
         return f(x)
 
