@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -33,6 +34,98 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file that does not match the contract."""
 
 
+class TokenizerError(CheckpointError):
+    """tokenizer.json / tokenizer_config.json / chat template we cannot use."""
+
+
+class ConfigFileError(CheckpointError, ConfigError):
+    """config.json (or generation_config.json) we cannot read or run: both a ConfigError and
+    a CheckpointError, so either `except` catches it."""
+
+
+# --- bounded, regular-file reads --------------------------------------------------------
+
+MAX_JSON_BYTES = {"config.json": 1 << 20, "generation_config.json": 1 << 20,
+                  "tokenizer_config.json": 16 << 20, "tokenizer.json": 64 << 20,
+                  "model.safetensors.index.json": 64 << 20}
+MAX_JSON_DEPTH = 64  # the deepest official file (tokenizer.json) nests 5 levels
+
+
+def regular_file(path: Path, error=CheckpointError) -> os.stat_result:
+    """stat() of `path`, refusing anything that is not a regular file (a FIFO would block,
+    /dev/zero never ends, a directory cannot be read) without opening it."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot stat ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise error(f"{path}: is {kind}")
+    return st
+
+
+def _json_depth(text: str) -> int:
+    """Deepest [ / { nesting outside strings (so the parser never recurses too deep)."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > best:
+                best = depth
+                if best > MAX_JSON_DEPTH:
+                    return best
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes, where: str, error=CheckpointError, max_depth: int = MAX_JSON_DEPTH):
+    """Strict JSON from bytes: UTF-8, standard (no NaN/Infinity), nesting bounded."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: not UTF-8 text (byte {e.start})") from None
+    # The depth scan is a Python pass over the text: done for files up to 1 MiB (configs,
+    # headers); larger ones (tokenizer.json) rely on the parser's own recursion bound.
+    if len(raw) <= 1 << 20 and text.count("[") + text.count("{") > max_depth \
+            and _json_depth(text) > max_depth:
+        raise error(f"{where}: JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise error(f"{where}: not valid JSON ({e})") from None
+
+
+def read_json(path: Path, error=CheckpointError, max_bytes: Optional[int] = None):
+    """A JSON file of the folder, read with a size bound (by file name) and parse_json."""
+    path = Path(path)
+    limit = max_bytes or MAX_JSON_BYTES.get(path.name, 1 << 20)
+    st = regular_file(path, error)
+    if st.st_size > limit:
+        raise error(f"{path}: {st.st_size} bytes, more than the {limit} this loader reads")
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise error(f"{path}: more than the {limit} bytes this loader reads")
+    return parse_json(raw, str(path), error)
+
+
 # --- safetensors headers ----------------------------------------------------------------
 
 _ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2,
@@ -42,9 +135,15 @@ _MX_TO_ST = {mx.uint8: "U8", mx.float16: "F16", mx.bfloat16: "BF16", mx.float32:
 MAX_HEADER = 100 * 1024 * 1024
 
 
+def _is_uint(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_header(path: Path) -> dict:
-    """Parse and validate a safetensors header: {name: (dtype, shape)}, no data read."""
-    size = path.stat().st_size
+    """Parse and validate a safetensors header: {name: (dtype, shape)}, no data read.
+    The tensors must cover the data section exactly (no gap, overlap or trailing byte)."""
+    path = Path(path)
+    size = regular_file(path).st_size
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
@@ -54,28 +153,33 @@ def read_header(path: Path) -> dict:
         if n > MAX_HEADER or 8 + n > size:
             raise CheckpointError(f"{path.name}: header length {n} runs past the end of the "
                                   f"{size}-byte file (truncated or not safetensors)")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path.name}: header is not valid JSON ({e})") from None
+        header_bytes = f.read(n)
+    if len(header_bytes) != n:
+        raise CheckpointError(f"{path.name}: file shrank while reading its header")
+    header = parse_json(header_bytes, f"{path.name}: header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: header is not a JSON object")
     data_size = size - 8 - n
     out, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError(f"{path.name}: __metadata__ must map strings to strings")
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path.name}: tensor {name!r} has a malformed entry") from None
-        if dtype not in _ITEMSIZE:
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path.name}: tensor {name!r} entry is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _ITEMSIZE:
             raise CheckpointError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise CheckpointError(f"{path.name}: tensor {name!r} has a bad shape {shape}")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_uint(d) for d in shape):
+            raise CheckpointError(f"{path.name}: tensor {name!r} has a bad shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(_is_uint(o) for o in offsets)):
+            raise CheckpointError(f"{path.name}: tensor {name!r} has bad data_offsets "
+                                  f"{offsets!r}")
+        begin, end = offsets
         nbytes = math.prod(shape) * _ITEMSIZE[dtype]
-        if not (isinstance(begin, int) and isinstance(end, int)) or end - begin != nbytes \
-                or begin < 0:
+        if end - begin != nbytes:
             raise CheckpointError(f"{path.name}: tensor {name!r} spans [{begin}, {end}) but "
                                   f"{dtype} {shape} needs {nbytes} bytes")
         if end > data_size:
@@ -84,26 +188,42 @@ def read_header(path: Path) -> dict:
         spans.append((begin, end, name))
         out[name] = (dtype, tuple(shape))
     spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise CheckpointError(f"{path.name}: tensors {n0!r} and {n1!r} overlap")
+    pos, prev = 0, None
+    for b, e, name in spans:
+        if b < pos:
+            raise CheckpointError(f"{path.name}: tensors {prev!r} and {name!r} overlap")
+        if b > pos:
+            raise CheckpointError(f"{path.name}: bytes [{pos}, {b}) of the data belong to no "
+                                  "tensor (corrupt header length or offsets)")
+        pos, prev = e, name
+    if pos != data_size:
+        raise CheckpointError(f"{path.name}: the tensors cover {pos} of the {data_size} data "
+                              "bytes; the rest belongs to no tensor (corrupt header length, "
+                              "or trailing bytes)")
     return out
 
 
 def _weight_files(folder: Path) -> list:
     index = folder / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+    if os.path.lexists(index):
+        d = read_json(index)
+        weight_map = d.get("weight_map") if isinstance(d, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise CheckpointError(f"{index}: weight_map must be a non-empty object mapping "
+                                  "tensor names to file names")
         files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (folder / f).exists()]
+        odd = [f for f in files if "/" in f or "\\" in f or f in (".", "..")
+               or not f.endswith(".safetensors")]
+        if odd:
+            raise CheckpointError(f"{index}: shard names must be .safetensors files in the "
+                                  f"folder, got {odd[:3]}")
+        missing = [f for f in files if not os.path.lexists(folder / f)]
         if missing:
             raise CheckpointError(f"{folder}: shard(s) named in the index are missing: {missing}")
         return [folder / f for f in files]
     single = folder / "model.safetensors"
-    if single.exists():
+    if os.path.lexists(single):
         return [single]
     found = sorted(folder.glob("*.safetensors"))
     if found:
@@ -268,9 +388,17 @@ def _names(names):
 
 # --- public API -------------------------------------------------------------------------
 
-def resolve(path_or_hf_id: Union[str, Path, None]) -> Path:
-    """A local folder, or a Hugging Face id fetched through huggingface-hub."""
+def resolve(path_or_hf_id: Union[str, Path, None], revision: Optional[str] = None) -> Path:
+    """A local folder, a Hugging Face cache folder (models--owner--name: its refs/main or
+    `revision` snapshot), or a Hugging Face id fetched through huggingface-hub (which reads
+    its cache first; HF_HUB_OFFLINE=1 never touches the network)."""
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()
+                                 or len(revision) > 256 or ".." in revision
+                                 or any(c.isspace() for c in revision)):
+        raise CheckpointError(f"revision {revision!r} is not a branch, tag or commit")
     if path_or_hf_id is None:
+        if revision is not None:
+            raise CheckpointError("a revision needs a Hugging Face id or cache folder")
         if not (DEFAULT_MODEL / "config.json").exists():
             raise CheckpointError(
                 f"the bundled default model is not present at {DEFAULT_MODEL}; pass --model "
@@ -280,19 +408,41 @@ def resolve(path_or_hf_id: Union[str, Path, None]) -> Path:
     if p.exists():
         if not p.is_dir():
             raise CheckpointError(f"{p} is not a folder")
+        if (p / "snapshots").is_dir() and (p / "refs").is_dir():
+            return _cache_snapshot(p, revision)
+        if revision is not None:
+            raise CheckpointError(f"{p}: --revision applies to Hugging Face ids and cache "
+                                  "folders, not to a plain folder")
         return p
     s = str(path_or_hf_id)
-    if s.count("/") != 1 or s.startswith((".", "/", "~")):
+    if s.count("/") != 1 or s.startswith((".", "/", "~")) or not all(s.split("/")):
         raise CheckpointError(f"{s}: no such folder, and not a Hugging Face id (owner/name)")
-    return _download(s)
+    return _download(s, revision)
 
 
-def _download(repo_id: str) -> Path:
+def _cache_snapshot(repo: Path, revision: Optional[str]) -> Path:
+    """snapshots/<commit> of a Hugging Face cache repo folder; `revision` is a commit hash or
+    a ref name under refs/ (default main)."""
+    rev = revision or "main"
+    commit = rev
+    ref = repo / "refs" / rev
+    if not (repo / "snapshots" / rev).is_dir():
+        if not ref.is_file():
+            raise CheckpointError(f"{repo}: no snapshot or ref named {rev!r}")
+        commit = ref.read_text(errors="replace").strip()
+    snap = repo / "snapshots" / commit
+    if "/" in commit or commit in ("", ".", "..") or not snap.is_dir():
+        raise CheckpointError(f"{repo}: ref {rev!r} points at {commit!r}, which has no snapshot")
+    return snap
+
+
+def _download(repo_id: str, revision: Optional[str] = None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError,
+                                        LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except GatedRepoError:
         raise CheckpointError(
             f"{repo_id} is gated: accept its licence on huggingface.co, then log in with "
@@ -300,33 +450,92 @@ def _download(repo_id: str) -> Path:
     except RepositoryNotFoundError:
         raise CheckpointError(f"{repo_id}: no such repository on the Hugging Face hub (or no "
                               "access to it with the current token)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{repo_id}: no revision {revision!r}") from None
+    except HFValidationError as e:
+        raise CheckpointError(f"{repo_id}: not a valid Hugging Face id ({e})") from None
     except LocalEntryNotFoundError:
+        where = f" at revision {revision!r}" if revision else ""
         raise CheckpointError(
-            f"{repo_id}: not in the local Hugging Face cache and the hub cannot be reached "
-            "(offline?); download it once with network access or pass a local folder") from None
+            f"{repo_id}: not in the local Hugging Face cache{where} and the hub cannot be "
+            "reached (offline?); download it once with network access or pass a local "
+            "folder") from None
 
 
 def load_config(folder: Path) -> ModelArgs:
-    f = folder / "config.json"
-    if not f.exists():
-        raise CheckpointError(f"{folder}: no config.json")
-    try:
-        d = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+    f = Path(folder) / "config.json"
+    if not os.path.lexists(f):
+        raise ConfigFileError(f"{folder}: no config.json")
+    d = read_json(f, ConfigFileError)
     try:
         return ModelArgs.from_dict(d)
     except ConfigError as e:
-        raise CheckpointError(f"{f}: {e}") from None
-    except TypeError as e:
-        raise CheckpointError(f"{f}: {e}") from None
+        raise ConfigFileError(f"{f}: {e}") from None
 
 
-def load_model(path_or_hf_id=None, dtype=mx.float32) -> Model:
-    folder = resolve(path_or_hf_id)
+def generation_eos_ids(folder: Path, args: ModelArgs) -> list:
+    """eos ids of generation_config.json (optional file), checked against the vocabulary."""
+    f = Path(folder) / "generation_config.json"
+    if not os.path.lexists(f):
+        return []
+    d = read_json(f, ConfigFileError)
+    if not isinstance(d, dict):
+        raise ConfigFileError(f"{f}: not a JSON object")
+    e = d.get("eos_token_id")
+    ids = e if isinstance(e, list) else [] if e is None else [e]
+    V = args.vocab_size
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < V for i in ids):
+        raise ConfigFileError(f"{f}: eos_token_id must be an integer or a list of integers in "
+                              f"0..{V - 1} (vocab_size), got {e!r}")
+    return list(ids)
+
+
+# --- activation dtype -------------------------------------------------------------------
+
+_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
+
+def default_dtype(args: ModelArgs, device=None):
+    """The activation dtype a checkpoint runs in when none is asked for.
+    GPU: int4 (QAT) checkpoints float16 (the dtype of their scales and of the fused int4
+    kernels); float checkpoints their own dtype (config torch_dtype, bfloat16 for the released
+    ones), so a BF16 checkpoint does not double in memory. CPU: float32 (MLX's CPU backend runs
+    the float experts' gather_mm only in float32, and its BLAS matmuls are float32)."""
+    device = device or mx.default_device()
+    if device.type != mx.gpu:
+        return mx.float32
+    if args.is_quantized:
+        return mx.float16
+    return _DTYPES[args.torch_dtype]
+
+
+def check_dtype(args: ModelArgs, dtype, device=None) -> None:
+    """Refuse a dtype the device cannot run this checkpoint in (a clear error, not a
+    RuntimeError from the first matmul)."""
+    device = device or mx.default_device()
+    if dtype not in _DTYPES.values():
+        raise CheckpointError(f"activation dtype {dtype} is not one of float32, float16, "
+                              "bfloat16")
+    if device.type != mx.gpu and not args.is_quantized and dtype != mx.float32:
+        name = {v: k for k, v in _DTYPES.items()}[dtype]
+        raise CheckpointError(
+            f"{name} cannot run this float (BF16) checkpoint on the CPU: MLX's CPU backend runs "
+            "the experts' gather_mm only in float32; use --dtype float32 (the CPU default), a "
+            "GPU, or an int4 checkpoint (--quantize)")
+
+
+def load_model(path_or_hf_id=None, dtype=mx.float32, revision: Optional[str] = None,
+               verify: bool = False) -> Model:
+    """The model of a folder / Hugging Face id; dtype=None picks `default_dtype`. verify=True
+    also checks every weight for NaN/Inf."""
+    folder = resolve(path_or_hf_id, revision)
     args = load_config(folder)
+    dtype = default_dtype(args) if dtype is None else dtype
+    check_dtype(args, dtype)
     tensors, headers = read_tensors(folder)
     check_tensors(headers, args)
+    if verify:
+        check_finite(tensors)
     model = Model(args)
     weights = _official_to_mlx_names(tensors, args)
     del tensors
@@ -337,36 +546,113 @@ def load_model(path_or_hf_id=None, dtype=mx.float32) -> Model:
     return model
 
 
-def load_tokenizer(folder: Path):
-    """mlx-lm's TokenizerWrapper over the folder's tokenizer.json, with a streaming
-    detokenizer that matches the tokenizer's decoder."""
-    from mlx_lm import tokenizer_utils as tu
-    from transformers import PreTrainedTokenizerFast
+def check_finite(tensors: dict) -> None:
+    """Every float tensor finite (NaN/Inf weights are refused, named)."""
+    bad = [n for n, t in sorted(tensors.items())
+           if mx.issubdtype(t.dtype, mx.floating) and not mx.all(mx.isfinite(t)).item()]
+    if bad:
+        raise CheckpointError(f"non-finite (NaN/Inf) values in tensor(s): {_names(bad)}")
 
-    f = Path(folder) / "tokenizer.json"
-    if not f.exists():
-        raise CheckpointError(f"{folder}: no tokenizer.json")
-    try:
-        decoder = json.loads(f.read_text()).get("decoder") or {}
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{f}: not valid JSON ({e})") from None
+
+def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
+    """mlx-lm's TokenizerWrapper over the folder's tokenizer.json, with a streaming
+    detokenizer that matches the tokenizer's decoder, the chat template compiled and checked
+    now (not at the first message), and the stop ids of config.json, generation_config.json
+    and the tokenizer. With `args` (or a config.json beside it) the tokenizer's ids must fit
+    the model's vocabulary."""
+    from mlx_lm import tokenizer_utils as tu
+
+    from .tokenizer import ChatTemplate, ChatTemplateError
+
+    folder = Path(folder)
+    f = folder / "tokenizer.json"
+    if not os.path.lexists(f):
+        raise TokenizerError(f"{folder}: no tokenizer.json")
+    tok_json = read_json(f, TokenizerError)
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = read_json(cfg_path, TokenizerError) if os.path.lexists(cfg_path) else {}
+    for path, d in ((f, tok_json), (cfg_path, tok_cfg)):
+        if not isinstance(d, dict):
+            raise TokenizerError(f"{path}: not a JSON object")
+    decoder = tok_json.get("decoder") or {}
+    if not isinstance(decoder, dict):
+        raise TokenizerError(f"{f}: decoder must be an object")
     detok = tu.NaiveStreamingDetokenizer
     if tu._is_bpe_decoder(decoder):
         detok = tu.BPEStreamingDetokenizer
     elif tu._is_spm_decoder(decoder):
         detok = tu.SPMStreamingDetokenizer
-    # Not AutoTokenizer: it would parse config.json as a transformers model config.
-    tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    eos = None  # a tokenizer-only folder is fine; a model folder's config names its eos ids
-    if (Path(folder) / "config.json").exists():
-        eos = load_config(Path(folder)).eos_token_ids or None
-    return tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=eos)
+    tok = _hf_tokenizer(folder)
+    if args is None and (folder / "config.json").exists():
+        args = load_config(folder)
+    eos = []
+    if args is not None:
+        check_vocab(tok, args, folder)
+        eos = args.eos_token_ids + generation_eos_ids(folder, args)
+    source = tok_cfg.get("chat_template")
+    if source is None and os.path.lexists(folder / "chat_template.jinja"):
+        jinja = folder / "chat_template.jinja"
+        st = regular_file(jinja, TokenizerError)
+        if st.st_size > 1 << 20:
+            raise TokenizerError(f"{jinja}: {st.st_size} bytes, too large for a chat template")
+        try:
+            source = jinja.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise TokenizerError(f"{jinja}: not UTF-8 text") from None
+    template = None
+    if source is not None:
+        special = {"bos_token": _token_text(tok.bos_token), "eos_token": _token_text(tok.eos_token)}
+        try:
+            template = ChatTemplate(source, special)
+            template.check()
+        except ChatTemplateError as e:
+            raise TokenizerError(f"{cfg_path}: {e}") from None
+    seen, stop = set(), []
+    for i in eos:
+        if i not in seen:
+            seen.add(i)
+            stop.append(i)
+    try:
+        return tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=stop or None,
+                                   chat_template=template)
+    except Exception as e:  # mlx-lm inspects the vocabulary; a broken one fails here
+        raise TokenizerError(f"{folder}: tokenizer unusable ({type(e).__name__}: {e})") from None
 
 
-def load(path_or_hf_id=None, dtype=mx.float32):
-    """(model, tokenizer) from a MobileMoE folder or Hugging Face id (None: bundled model)."""
-    folder = resolve(path_or_hf_id)
-    return load_model(folder, dtype=dtype), load_tokenizer(folder)
+def _token_text(t) -> Optional[str]:
+    return t if isinstance(t, str) else getattr(t, "content", None)
+
+
+def _hf_tokenizer(folder: Path):
+    """transformers' PreTrainedTokenizerFast of the folder (not AutoTokenizer: it would parse
+    config.json as a transformers model config); its errors become TokenizerError."""
+    from transformers import PreTrainedTokenizerFast
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    except Exception as e:  # tokenizers/transformers raise many types on bad files
+        raise TokenizerError(f"{folder}: tokenizer.json / tokenizer_config.json cannot be "
+                             f"loaded ({type(e).__name__}: {str(e)[:300]})") from None
+
+
+def check_vocab(tok, args: ModelArgs, folder) -> None:
+    """Every id the tokenizer can produce (its vocabulary and special tokens) must be an id
+    of the model's embedding, or a token would read past it."""
+    n = len(tok)  # base vocabulary + added tokens
+    ids = [i for i in tok.get_vocab().values()]
+    top = max(ids) if ids else -1
+    if n > args.vocab_size or top >= args.vocab_size:
+        raise TokenizerError(
+            f"{folder}: tokenizer has {n} tokens (largest id {top}) but the model's vocab_size "
+            f"is {args.vocab_size}: its ids would index past the embedding")
+
+
+def load(path_or_hf_id=None, dtype=None, revision: Optional[str] = None, verify: bool = False):
+    """(model, tokenizer) from a MobileMoE folder or Hugging Face id (None: bundled model).
+    dtype=None: the checkpoint's own dtype where the device runs it (`default_dtype`);
+    revision pins a Hugging Face commit/branch/tag; verify=True checks weights for NaN/Inf."""
+    folder = resolve(path_or_hf_id, revision)
+    model = load_model(folder, dtype=dtype, verify=verify)
+    return model, load_tokenizer(folder, model.args)
 
 
 def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,

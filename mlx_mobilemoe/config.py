@@ -7,6 +7,7 @@ round-trips through `from_dict` / `to_dict` unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,7 +18,7 @@ class ConfigError(ValueError):
 
 QUANT_FORMAT = "mobilemoe-int4-g32"
 
-# The quantization block of an official QAT config.json.
+# The quantization block of an official QAT config.json (every key, released values).
 QAT_QUANTIZATION = {
     "format": QUANT_FORMAT,
     "group_size": 32,
@@ -26,15 +27,57 @@ QAT_QUANTIZATION = {
     "qmax": 7,
     "symmetric": True,
     "scale_dtype": "float16",
+    "linear_group_axis": "in (last dim of [out, in])",
+    "expert_group_axis": "out (last dim of [E, in, out])",
     "packed": True,
 }
 
-# Keys Hugging Face writes into every config.json that say nothing about the forward pass.
+# Every key of a released MobileMoE config.json that says something about the model (the
+# fields lalamo's HFMobileMoEConfig and the Java port's MobileMoeHuggingFaceConfig read, plus
+# the token ids). `quantization` only in QAT checkpoints. `save()` writes exactly these.
+RELEASED_KEYS = (
+    "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size",
+    "intermediate_size_mlp", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+    "rope_scaling", "num_local_experts", "num_experts_per_tok", "interleave_moe_layer_step",
+    "no_rope_layers", "layer_types", "use_qk_norm", "attn_temperature_tuning",
+    "tie_word_embeddings", "torch_dtype", "attention_bias", "attention_dropout",
+    "routed_scaling_factor", "norm_topk_prob", "bos_token_id", "eos_token_id", "quantization",
+)
+
+# Keys Hugging Face writes into config.json that say nothing about the forward pass (the
+# released repos carry auto_map for their remote code and transformers_version).
 _HOUSEKEEPING_KEYS = {
-    "_name_or_path", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache",
-    "initializer_range", "attention_dropout", "pad_token_id", "output_router_logits",
-    "router_aux_loss_coef", "router_jitter_noise", "pretraining_tp", "return_dict",
+    "_name_or_path", "auto_map", "dtype", "transformers_version", "use_cache",
+    "initializer_range", "pad_token_id", "output_router_logits", "router_aux_loss_coef",
+    "router_jitter_noise", "pretraining_tp", "return_dict",
 }
+
+FLOAT_DTYPES = ("bfloat16", "float16", "float32")
+
+# Upper bounds on sizes: far above any MobileMoE model, low enough that a corrupt config
+# cannot make the loader build a model of absurd size (or overflow a Swift Int32).
+_LIMITS = {
+    "vocab_size": 1 << 22, "hidden_size": 1 << 16, "intermediate_size": 1 << 18,
+    "intermediate_size_mlp": 1 << 18, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+    "num_key_value_heads": 1024, "head_dim": 4096, "num_local_experts": 4096,
+    "num_experts_per_tok": 4096, "max_position_embeddings": 1 << 24,
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same(a, b) -> bool:
+    """JSON value equality that keeps booleans apart from numbers (True == 1 in Python)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
 
 
 @dataclass
@@ -52,7 +95,7 @@ class ModelArgs:
     rms_norm_eps: float = 1e-5
     rope_theta: float = 500000.0
     rope_scaling: Optional[dict] = None
-    max_position_embeddings: int = 131072
+    max_position_embeddings: int = 8192
     routed_scaling_factor: float = 1.0
     norm_topk_prob: bool = True
     use_qk_norm: bool = True
@@ -67,11 +110,16 @@ class ModelArgs:
     architectures: list = field(default_factory=lambda: ["MobileMoEForCausalLM"])
     hidden_act: str = "silu"
     attention_bias: bool = False
+    attn_temperature_tuning: bool = False  # Llama 4's long-context query scaling: off
+    attention_dropout: float = 0.0  # training only; no effect on the forward pass
+    torch_dtype: str = "bfloat16"  # the dtype of the checkpoint's float tensors
 
     # --- construction -------------------------------------------------------------------
 
     @classmethod
     def from_dict(cls, params: dict) -> "ModelArgs":
+        if not isinstance(params, dict):
+            raise ConfigError(f"config is a JSON {type(params).__name__}, not an object")
         known = {f.name for f in dataclasses.fields(cls)}
         required = [
             f.name for f in dataclasses.fields(cls)
@@ -80,84 +128,187 @@ class ModelArgs:
         missing = [k for k in required if k not in params]
         if missing:
             raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
-        unknown = sorted(k for k in params if k not in known and k not in _HOUSEKEEPING_KEYS)
+        unknown = sorted(str(k) for k in params if k not in known and k not in _HOUSEKEEPING_KEYS)
         if unknown:
             raise ConfigError(
                 f"config has field(s) this implementation does not know: {', '.join(unknown)}; "
                 "refusing to guess what they change"
             )
-        args = cls(**{k: v for k, v in params.items() if k in known})
+        values = {k: v for k, v in params.items() if k in known}
+        q = values.get("quantization")
+        if isinstance(q, dict) and _same(q.get("format"), QUANT_FORMAT):
+            # Older saves lack the two axis strings: the format name implies them.
+            values["quantization"] = {**QAT_QUANTIZATION, **q}
+        args = cls(**values)
         args.validate()
+        # The released form: one entry per layer (an empty list / null means every layer
+        # applies RoPE with full attention).
+        L = args.num_hidden_layers
+        if not args.no_rope_layers:
+            args.no_rope_layers = [1] * L
+        if args.layer_types is None:
+            args.layer_types = ["full_attention"] * L
         return args
 
     def to_dict(self) -> dict:
+        """The released key set, in the released order, every list written out in full."""
         d = dataclasses.asdict(self)
-        if d["quantization"] is None:
-            del d["quantization"]
-        return d
+        L = self.num_hidden_layers
+        if not d["no_rope_layers"]:
+            d["no_rope_layers"] = [1] * L
+        if d["layer_types"] is None:
+            d["layer_types"] = ["full_attention"] * L
+        out = {k: d[k] for k in RELEASED_KEYS}
+        if out["quantization"] is None:
+            del out["quantization"]
+        return out
 
     # --- checks -------------------------------------------------------------------------
 
     def validate(self) -> None:
+        """Types and ranges of every field; raises ConfigError naming the field."""
         def bad(msg):
             raise ConfigError(msg)
 
+        for name in ("model_type", "hidden_act", "torch_dtype"):
+            if not isinstance(getattr(self, name), str):
+                bad(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.model_type != "mobilemoe":
             bad(f"model_type is {self.model_type!r}, expected 'mobilemoe'")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "intermediate_size_mlp",
-                     "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                     "head_dim", "num_local_experts", "num_experts_per_tok"):
+        arch = self.architectures
+        if not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)
+                and "MobileMoEForCausalLM" in arch):
+            bad(f"architectures must be a list of strings naming MobileMoEForCausalLM, got "
+                f"{arch!r}")
+        for name, limit in _LIMITS.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                bad(f"{name} must be a non-negative integer, got {v!r}")
-        if self.interleave_moe_layer_step != 1:
+            low = 0 if name == "intermediate_size_mlp" else 1
+            if not _is_int(v) or not low <= v <= limit:
+                bad(f"{name} must be an integer in {low}..{limit}, got {v!r}")
+        for name in ("rms_norm_eps", "rope_theta", "routed_scaling_factor"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v) or v <= 0:
+                bad(f"{name} must be a finite positive number, got {v!r}")
+        if self.rms_norm_eps >= 1:
+            bad(f"rms_norm_eps must be below 1, got {self.rms_norm_eps!r}")
+        v = self.attention_dropout
+        if not _is_number(v) or not 0 <= v < 1:
+            bad(f"attention_dropout must be a number in [0, 1), got {v!r}")
+        for name in ("norm_topk_prob", "use_qk_norm", "tie_word_embeddings", "attention_bias",
+                     "attn_temperature_tuning"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.torch_dtype not in FLOAT_DTYPES:
+            bad(f"torch_dtype {self.torch_dtype!r} is not one of {', '.join(FLOAT_DTYPES)}")
+        if not _is_int(self.interleave_moe_layer_step) or self.interleave_moe_layer_step != 1:
             bad("interleave_moe_layer_step != 1 (dense layers between MoE layers) is not "
-                f"supported; got {self.interleave_moe_layer_step}")
-        if self.intermediate_size_mlp and self.intermediate_size_mlp % self.intermediate_size:
+                f"supported; got {self.interleave_moe_layer_step!r}")
+        if self.intermediate_size_mlp % self.intermediate_size:
             bad(f"shared expert width intermediate_size_mlp={self.intermediate_size_mlp} is not a "
                 f"multiple of the routed expert width intermediate_size={self.intermediate_size}")
-        if self.num_attention_heads % max(self.num_key_value_heads, 1):
+        if self.num_attention_heads % self.num_key_value_heads:
             bad("num_attention_heads must be a multiple of num_key_value_heads")
-        if not 1 <= self.num_experts_per_tok <= self.num_local_experts:
+        if not self.num_experts_per_tok <= self.num_local_experts:
             bad(f"num_experts_per_tok={self.num_experts_per_tok} must be in "
                 f"1..num_local_experts={self.num_local_experts}")
         if self.hidden_act != "silu":
             bad(f"hidden_act {self.hidden_act!r} is not supported (MobileMoE uses silu)")
         if self.attention_bias:
             bad("attention_bias=true is not part of MobileMoE")
+        if self.attn_temperature_tuning:
+            bad("attn_temperature_tuning=true (Llama 4's query temperature scaling) is not "
+                "implemented; the released MobileMoE models set it to false")
         if not self.tie_word_embeddings:
             bad("untied word embeddings are not part of the MobileMoE checkpoint contract")
         if self.head_dim % 2:
             bad("head_dim must be even for RoPE")
-        if self.no_rope_layers and len(self.no_rope_layers) != self.num_hidden_layers:
-            bad(f"no_rope_layers has {len(self.no_rope_layers)} entries for "
-                f"{self.num_hidden_layers} layers")
-        if self.layer_types is not None:
-            if len(self.layer_types) != self.num_hidden_layers:
-                bad(f"layer_types has {len(self.layer_types)} entries for "
-                    f"{self.num_hidden_layers} layers")
-            other = sorted(set(self.layer_types) - {"full_attention"})
+        nr = self.no_rope_layers
+        if not isinstance(nr, list) or not all(_is_int(x) and x in (0, 1) for x in nr):
+            bad(f"no_rope_layers must be a list of 0/1 flags, got {nr!r}")
+        if nr and len(nr) != self.num_hidden_layers:
+            bad(f"no_rope_layers has {len(nr)} entries for {self.num_hidden_layers} layers")
+        lt = self.layer_types
+        if lt is not None:
+            if not isinstance(lt, list) or not all(isinstance(x, str) for x in lt):
+                bad(f"layer_types must be a list of strings, got {lt!r}")
+            if len(lt) != self.num_hidden_layers:
+                bad(f"layer_types has {len(lt)} entries for {self.num_hidden_layers} layers")
+            other = sorted(set(lt) - {"full_attention"})
             if other:
                 bad(f"layer_types {other} are not supported (only full_attention)")
+        self._validate_token_ids()
+        self._validate_rope_scaling()
+        self._validate_quantization()
+
+    def _validate_token_ids(self):
+        V = self.vocab_size
+        if self.bos_token_id is not None and not (_is_int(self.bos_token_id)
+                                                  and 0 <= self.bos_token_id < V):
+            raise ConfigError(f"bos_token_id must be an integer in 0..{V - 1} (vocab_size), "
+                              f"got {self.bos_token_id!r}")
+        e = self.eos_token_id
+        ids = e if isinstance(e, list) else [] if e is None else [e]
+        if not all(_is_int(i) and 0 <= i < V for i in ids):
+            raise ConfigError(f"eos_token_id must be an integer or a list of integers in "
+                              f"0..{V - 1} (vocab_size), got {e!r}")
+
+    def _validate_rope_scaling(self):
         rs = self.rope_scaling
-        if rs is not None:
-            kind = rs.get("rope_type", rs.get("type"))
-            if kind not in ("llama3", "default", None):
-                bad(f"rope_scaling type {kind!r} is not supported (llama3 only)")
-            if kind == "llama3":
-                need = ["factor", "original_max_position_embeddings", "low_freq_factor",
-                        "high_freq_factor"]
-                miss = [k for k in need if k not in rs]
-                if miss:
-                    bad(f"rope_scaling is missing {', '.join(miss)}")
-        if self.quantization is not None:
-            q = self.quantization
-            if q.get("format") != QUANT_FORMAT:
-                bad(f"quantization format {q.get('format')!r} is not supported "
-                    f"(expected {QUANT_FORMAT!r})")
-            diff = {k: q.get(k) for k, v in QAT_QUANTIZATION.items() if q.get(k, v) != v}
-            if diff:
-                bad(f"quantization settings {diff} differ from the official int4 g32 format")
+        if rs is None:
+            return
+        if not isinstance(rs, dict):
+            raise ConfigError(f"rope_scaling must be an object or null, got {rs!r}")
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind not in ("llama3", "default", None):
+            raise ConfigError(f"rope_scaling.rope_type {kind!r} is not supported (llama3 only)")
+        if kind != "llama3":
+            return
+        for k in ("factor", "original_max_position_embeddings", "low_freq_factor",
+                  "high_freq_factor"):
+            if k not in rs:
+                raise ConfigError(f"rope_scaling is missing {k}")
+            v = rs[k]
+            if not _is_number(v) or not math.isfinite(v) or v <= 0 or v > 1e9:
+                raise ConfigError(f"rope_scaling.{k} must be a finite positive number, got {v!r}")
+        if not _is_int(rs["original_max_position_embeddings"]):
+            raise ConfigError("rope_scaling.original_max_position_embeddings must be an integer, "
+                              f"got {rs['original_max_position_embeddings']!r}")
+        if rs["factor"] < 1:
+            raise ConfigError(f"rope_scaling.factor must be >= 1, got {rs['factor']!r}")
+        if rs["high_freq_factor"] < rs["low_freq_factor"]:
+            raise ConfigError("rope_scaling.high_freq_factor must be >= low_freq_factor")
+        extra = sorted(set(rs) - {"rope_type", "type", "factor", "original_max_position_embeddings",
+                                  "low_freq_factor", "high_freq_factor"})
+        if extra:
+            raise ConfigError(f"rope_scaling has field(s) this implementation does not know: "
+                              f"{', '.join(map(str, extra))}")
+
+    def _validate_quantization(self):
+        q = self.quantization
+        if q is None:
+            return
+        if not isinstance(q, dict):
+            raise ConfigError(f"quantization must be an object or null, got {q!r}")
+        if not _same(q.get("format"), QUANT_FORMAT):
+            raise ConfigError(f"quantization.format {q.get('format')!r} is not supported "
+                              f"(expected {QUANT_FORMAT!r})")
+        diff = {k: q.get(k) for k, v in QAT_QUANTIZATION.items() if not _same(q.get(k, v), v)}
+        if diff:
+            raise ConfigError(f"quantization settings {diff} differ from the official int4 g32 "
+                              "format")
+        extra = sorted(set(q) - set(QAT_QUANTIZATION))
+        if extra:
+            raise ConfigError(f"quantization has field(s) this implementation does not know: "
+                              f"{', '.join(map(str, extra))}")
+        g = QAT_QUANTIZATION["group_size"]
+        for name, n in (("hidden_size", self.hidden_size),
+                        ("2 * intermediate_size", 2 * self.intermediate_size),
+                        ("intermediate_size_mlp", self.intermediate_size_mlp)):
+            if n % g:
+                raise ConfigError(f"{name}={n} is not a multiple of the int4 group size {g}")
+        if (self.num_attention_heads * self.head_dim) % g:
+            raise ConfigError(f"num_attention_heads * head_dim is not a multiple of the int4 "
+                              f"group size {g}")
 
     # --- derived ------------------------------------------------------------------------
 
@@ -203,21 +354,30 @@ def _llama3_scaling(factor=16.0, original=8192):
     }
 
 
+# The released S/L config.json values (lalamo's HFMobileMoEConfig, the Java port's pinned
+# S-QAT test): 8192 context (= the rope original context), routed_scaling_factor 2.5, RoPE and
+# full attention in every layer. eos ids: <|end_of_text|> and <|eot|> (inferred).
 _OFFICIAL = dict(
     vocab_size=128256, head_dim=64, num_key_value_heads=4, num_local_experts=60,
     num_experts_per_tok=4, rms_norm_eps=1e-5, rope_theta=500000.0,
-    rope_scaling=_llama3_scaling(), max_position_embeddings=131072,
-    routed_scaling_factor=1.0, norm_topk_prob=True, use_qk_norm=True,
-    tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128009],
+    rope_scaling=_llama3_scaling(), max_position_embeddings=8192,
+    routed_scaling_factor=2.5, norm_topk_prob=True, use_qk_norm=True,
+    tie_word_embeddings=True, bos_token_id=128000, eos_token_id=[128001, 128008],
+    attn_temperature_tuning=False, attention_dropout=0.0, torch_dtype="bfloat16",
 )
 
+
+def _every_layer(L: int) -> dict:
+    return dict(num_hidden_layers=L, no_rope_layers=[1] * L, layer_types=["full_attention"] * L)
+
+
 PRESETS = {
-    "S": dict(_OFFICIAL, num_hidden_layers=20, hidden_size=768, num_attention_heads=12,
+    "S": dict(_OFFICIAL, **_every_layer(20), hidden_size=768, num_attention_heads=12,
               intermediate_size=384, intermediate_size_mlp=1536),
     # M is inferred from the paper's scaling, not confirmed against a released config.
-    "M": dict(_OFFICIAL, num_hidden_layers=26, hidden_size=1024, num_attention_heads=16,
+    "M": dict(_OFFICIAL, **_every_layer(26), hidden_size=1024, num_attention_heads=16,
               intermediate_size=512, intermediate_size_mlp=2048),
-    "L": dict(_OFFICIAL, num_hidden_layers=32, hidden_size=1280, num_attention_heads=20,
+    "L": dict(_OFFICIAL, **_every_layer(32), hidden_size=1280, num_attention_heads=20,
               intermediate_size=640, intermediate_size_mlp=2560),
     # For tests: every mechanism present (GQA, llama3 RoPE, a NoPE layer, shared expert).
     "tiny": dict(
@@ -234,13 +394,14 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> ModelArgs:
     """A preset's config with `overrides`. A new num_hidden_layers repeats the preset's
-    no_rope_layers pattern to the new depth (unless no_rope_layers is given too)."""
+    no_rope_layers / layer_types pattern to the new depth (unless given too)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     base = dict(PRESETS[name])
-    pattern = base.get("no_rope_layers")
-    if pattern and "num_hidden_layers" in overrides and "no_rope_layers" not in overrides:
-        n = overrides["num_hidden_layers"]
-        if isinstance(n, int) and n > 0:
-            base["no_rope_layers"] = [pattern[i % len(pattern)] for i in range(n)]
+    n = overrides.get("num_hidden_layers")
+    if isinstance(n, int) and 0 < n <= _LIMITS["num_hidden_layers"]:
+        for key in ("no_rope_layers", "layer_types"):
+            pattern = base.get(key)
+            if pattern and key not in overrides:
+                base[key] = [pattern[i % len(pattern)] for i in range(n)]
     return ModelArgs.from_dict({**base, **overrides})

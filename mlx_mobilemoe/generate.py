@@ -25,8 +25,10 @@ class ContextError(ValueError):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mlx_mobilemoe.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="checkpoint folder or Hugging Face id "
-                   "(default: the bundled model)")
+    p.add_argument("--model", help="checkpoint folder, Hugging Face cache folder or Hugging "
+                   "Face id (default: the bundled model)")
+    p.add_argument("--revision", default=None,
+                   help="Hugging Face commit, branch or tag to load (default: main)")
     p.add_argument("--prompt", help="one-shot prompt; without it, an interactive chat")
     p.add_argument("--system", help="system message (chat template models)")
     p.add_argument("--raw", action="store_true",
@@ -38,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--experts-per-token", type=int, default=None,
                    help="override top-k routing at inference (adaptive compute)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="activation dtype")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="activation dtype (default: float32 on a CPU; on a GPU float16 for "
+                        "int4 checkpoints, the checkpoint's own dtype for float ones)")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], default=None,
                    help="quantize the KV cache from the first token (mlx-lm QuantizedKVCache)")
     p.add_argument("--quantize", choices=["rtn", "mse"], default=None,
@@ -151,24 +154,31 @@ def stats_line(r) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError, load
+    from .checkpoint import CheckpointError, check_dtype, default_dtype, load
 
+    dtype = DTYPES[args.dtype] if args.dtype else None
     try:
-        model, tokenizer = load(args.model, dtype=DTYPES[args.dtype])
+        # --quantize: load in float32 (any device runs it), quantize, then pick the dtype.
+        model, tokenizer = load(args.model, dtype=mx.float32 if args.quantize else dtype,
+                                revision=args.revision, verify=args.verbose)
+        if args.quantize:
+            if model.args.is_quantized:
+                raise CheckpointError(f"--quantize: {args.model or 'the model'} is already int4")
+            from .qat import ptq
+            ptq(model, args.quantize)
+            if dtype is None:
+                dtype = default_dtype(model.args)
+            check_dtype(model.args, dtype)
+            model.set_dtype(dtype)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.quantize:
-        if model.args.is_quantized:
-            print(f"error: --quantize: {args.model or 'the model'} is already int4", file=sys.stderr)
-            return 2
-        from .qat import ptq
-        ptq(model, args.quantize)
-        model.set_dtype(DTYPES[args.dtype])
+    dtype = model.compute_dtype
     if args.verbose:
         from .kernels import moe_path
-        print(f"[MoE: {moe_path(model.layers[0].feed_forward, DTYPES[args.dtype])}]",
-              file=sys.stderr)
+        name = {v: k for k, v in DTYPES.items()}[dtype]
+        print(f"[dtype: {name} | weights: all finite]", file=sys.stderr)
+        print(f"[MoE: {moe_path(model.layers[0].feed_forward, dtype)}]", file=sys.stderr)
     if args.experts_per_token is not None:
         try:
             model.set_experts_per_token(args.experts_per_token)

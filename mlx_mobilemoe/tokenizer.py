@@ -64,3 +64,140 @@ def special_ids(tokenizer_json) -> dict:
     """{token: id} of the special tokens in a tokenizer.json."""
     d = json.loads(Path(tokenizer_json).read_text())
     return {t["content"]: t["id"] for t in d.get("added_tokens", []) if t.get("special")}
+
+
+# --- chat templates -----------------------------------------------------------------------
+
+MAX_TEMPLATE_CHARS = 64 * 1024  # the released template is ~0.5 KB; Llama 3.1's ~4 KB
+MAX_RENDER_CHARS = 16 * 1024 * 1024  # one rendered conversation
+RENDER_SECONDS = 2.0  # one render, wall clock (checked where a timer can interrupt Python)
+
+
+class ChatTemplateError(ValueError):
+    """A chat template that cannot be compiled or rendered."""
+
+
+def _sandbox():
+    """A Jinja sandbox like transformers' (immutable, trim_blocks, lstrip_blocks) whose `*`,
+    `**` and string/list results are bounded, so a hostile template cannot exhaust memory."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Env(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**":
+                if isinstance(right, (int, float)) and abs(right) > 64:
+                    raise ChatTemplateError("chat template computes a power above 64")
+                return left ** right
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                    if len(seq) * max(n, 0) > MAX_RENDER_CHARS:
+                        raise ChatTemplateError("chat template builds a string or list larger "
+                                                f"than {MAX_RENDER_CHARS} items")
+            return left * right
+
+    def raise_exception(message):
+        raise ChatTemplateError(f"chat template refused the conversation: {message}")
+
+    def strftime_now(fmt):
+        import datetime
+        return datetime.datetime.now().strftime(fmt)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = Env(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.filters["tojson"] = tojson
+    return env
+
+
+class ChatTemplate:
+    """A chat template compiled once (at load) and rendered in a bounded sandbox; callable
+    the way mlx-lm's TokenizerWrapper calls a custom `chat_template`."""
+
+    def __init__(self, source: str, special: dict):
+        if not isinstance(source, str):
+            raise ChatTemplateError(f"chat_template must be a string, got "
+                                    f"{type(source).__name__}")
+        if len(source) > MAX_TEMPLATE_CHARS:
+            raise ChatTemplateError(f"chat_template has {len(source)} characters, more than "
+                                    f"the {MAX_TEMPLATE_CHARS} this loader accepts")
+        from jinja2 import TemplateError
+        try:
+            self._template = _sandbox().from_string(source)
+        except (TemplateError, RecursionError, MemoryError) as e:
+            raise ChatTemplateError(f"chat_template does not compile: {e}") from None
+        self.source = source
+        self.special = {k: v for k, v in special.items() if isinstance(v, str)}
+
+    def __call__(self, messages, add_generation_prompt: bool = False, **kwargs) -> str:
+        from jinja2 import TemplateError
+        kwargs.pop("tokenize", None)
+        kwargs.pop("tools", None)
+        try:
+            with _time_limit(RENDER_SECONDS):
+                out = self._template.render(messages=messages,
+                                            add_generation_prompt=add_generation_prompt,
+                                            **self.special, **kwargs)
+        except ChatTemplateError:
+            raise
+        except (TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
+                ZeroDivisionError, OverflowError, RecursionError, MemoryError) as e:
+            raise ChatTemplateError(f"chat template failed to render: "
+                                    f"{type(e).__name__}: {e}") from None
+        if len(out) > MAX_RENDER_CHARS:
+            raise ChatTemplateError(f"chat template rendered {len(out)} characters")
+        return out
+
+    def check(self) -> None:
+        """Render a probe conversation (user, assistant, user + generation prompt): a
+        template that cannot render it is refused at load, not at the first message."""
+        probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                 {"role": "user", "content": "bye"}]
+        out = self(probe, add_generation_prompt=True)
+        if "hi" not in out or "bye" not in out:
+            raise ChatTemplateError("chat template does not render the message contents")
+
+
+class _Timeout(BaseException):
+    pass
+
+
+class _time_limit:
+    """SIGALRM-based wall-clock bound on pure-Python work in the main thread (no-op
+    elsewhere: signals reach only the main thread)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.armed = False
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread() or \
+                not hasattr(signal, "setitimer"):
+            return self
+        if signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+            return self  # someone else's timer is running: do not replace it
+
+        def on_alarm(signum, frame):
+            raise _Timeout()
+
+        self.old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        self.armed = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        import signal
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        if exc_type is _Timeout:
+            raise ChatTemplateError(f"chat template took more than {self.seconds:g} s to "
+                                    "render") from None
+        return False

@@ -145,7 +145,7 @@ def _config_edit(**changes):
 BAD = {
     "truncated file": (_truncate, "past the end|truncated"),
     "header past end": (_header_past_end, "past the end"),
-    "header not json": (_garbage_header, "not valid JSON"),
+    "header not json": (_garbage_header, "not valid JSON|nested deeper"),
     "missing tensor": (lambda d: _rewrite(d, lambda t: t.pop("model.norm.weight")),
                        "missing tensor.*model.norm.weight"),
     "unknown tensor": (lambda d: _rewrite(d, lambda t: t.update(
