@@ -120,6 +120,9 @@ class ModelArgs:
     def from_dict(cls, params: dict) -> "ModelArgs":
         if not isinstance(params, dict):
             raise ConfigError(f"config is a JSON {type(params).__name__}, not an object")
+        bad_keys = [k for k in params if not isinstance(k, str)]
+        if bad_keys:
+            raise ConfigError(f"config keys must be strings, got {bad_keys[:3]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         required = [
             f.name for f in dataclasses.fields(cls)
@@ -219,7 +222,8 @@ class ModelArgs:
             bad("attn_temperature_tuning=true (Llama 4's query temperature scaling) is not "
                 "implemented; the released MobileMoE models set it to false")
         if not self.tie_word_embeddings:
-            bad("untied word embeddings are not part of the MobileMoE checkpoint contract")
+            bad("tie_word_embeddings=false (untied embeddings) is not part of the MobileMoE "
+                "checkpoint contract")
         if self.head_dim % 2:
             bad("head_dim must be even for RoPE")
         nr = self.no_rope_layers
@@ -266,7 +270,7 @@ class ModelArgs:
         for k in ("factor", "original_max_position_embeddings", "low_freq_factor",
                   "high_freq_factor"):
             if k not in rs:
-                raise ConfigError(f"rope_scaling is missing {k}")
+                raise ConfigError(f"rope_scaling.{k} is missing")
             v = rs[k]
             if not _is_number(v) or not math.isfinite(v) or v <= 0 or v > 1e9:
                 raise ConfigError(f"rope_scaling.{k} must be a finite positive number, got {v!r}")
