@@ -22,6 +22,87 @@ class ContextError(ValueError):
     pass
 
 
+class TokenIdError(ValueError):
+    """A token id outside the model's vocabulary (it would read past the embedding)."""
+
+
+def check_token_ids(tokens, vocab_size: int) -> None:
+    """Every id in 0..vocab_size-1: MLX does not bounds-check an embedding gather (an id >=
+    vocab_size reads out of bounds and can crash the process), so ids are checked where they
+    enter the model."""
+    bad = [t for t in tokens if not isinstance(t, int) or isinstance(t, bool)
+           or not 0 <= t < vocab_size]
+    if bad:
+        raise TokenIdError(f"token id(s) {bad[:5]} outside the model's vocabulary "
+                           f"0..{vocab_size - 1}")
+
+
+# --- argument types: bad values are argparse errors (exit 2, usage line), not tracebacks ---
+
+def _finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def temperature(text: str) -> float:
+    v = _finite(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text}: the temperature must be >= 0 (0 = greedy)")
+    return v
+
+
+def top_p(text: str) -> float:
+    v = _finite(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: top-p must be in (0, 1] (1 = off)")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return v
+
+
+def positive_int(text: str) -> int:
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 1")
+    return v
+
+
+def seed(text: str) -> int:
+    v = _int(text)
+    if not 0 <= v < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"{text}: the seed must be in 0..2**64-1")
+    return v
+
+
+def valid_text(text: str) -> str:
+    """Text typed on a command line or into the REPL: valid UTF-8 (Python hands invalid bytes
+    over as lone surrogates) and not empty."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("not valid UTF-8 text") from None
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty text")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mlx_mobilemoe.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,16 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "Face id (default: the bundled model)")
     p.add_argument("--revision", default=None,
                    help="Hugging Face commit, branch or tag to load (default: main)")
-    p.add_argument("--prompt", help="one-shot prompt; without it, an interactive chat")
-    p.add_argument("--system", help="system message (chat template models)")
+    p.add_argument("--prompt", type=valid_text,
+                   help="one-shot prompt; without it, an interactive chat")
+    p.add_argument("--system", type=valid_text, help="system message (chat template models)")
     p.add_argument("--raw", action="store_true",
                    help="use the prompt as plain text even if the tokenizer has a chat template")
-    p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temp", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--experts-per-token", type=int, default=None,
+    p.add_argument("--max-tokens", type=positive_int, default=256)
+    p.add_argument("--temp", type=temperature, default=0.7)
+    p.add_argument("--top-p", type=top_p, default=1.0)
+    p.add_argument("--top-k", type=non_negative_int, default=0, help="0 = off")
+    p.add_argument("--seed", type=seed, default=None)
+    p.add_argument("--experts-per-token", type=positive_int, default=None,
                    help="override top-k routing at inference (adaptive compute)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="activation dtype (default: float32 on a CPU; on a GPU float16 for "
@@ -110,11 +192,12 @@ class Session:
         out = sys.stdout if out is None else out
 
         self.messages.append({"role": "user", "content": user_text})
-        tokens = prompt_tokens(self.tokenizer, self.messages, self.args.raw)
         try:
+            tokens = prompt_tokens(self.tokenizer, self.messages, self.args.raw)
+            check_token_ids(tokens, self.model.args.vocab_size)
             max_tokens = check_context(len(tokens), self.args.max_tokens,
                                        self.model.args.max_position_embeddings)
-        except ContextError:
+        except ValueError:  # ContextError, TokenIdError, a template's refusal
             self.messages.pop()
             raise
         # Reuse the cached prefix; recompute from the first token that differs.
@@ -196,7 +279,7 @@ def main(argv=None) -> int:
     if args.prompt is not None:
         try:
             r = session.reply(args.prompt)
-        except ContextError as e:
+        except ValueError as e:  # context, token ids, the chat template's refusal
             print(f"error: {e}", file=sys.stderr)
             return 2
         if r is not None:
@@ -204,12 +287,19 @@ def main(argv=None) -> int:
         return 0
 
     print("MobileMoE chat. /reset clears the conversation, /quit exits.", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):  # invalid UTF-8 typed in: refuse the line, not exit
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input(">> ")
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return 0
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            print("error: that line is not valid UTF-8 text; ignored", file=sys.stderr)
+            continue
         cmd = line.strip()
         if cmd in ("/quit", "/exit", "/q"):
             return 0
@@ -221,7 +311,7 @@ def main(argv=None) -> int:
             continue
         try:
             r = session.reply(line)
-        except ContextError as e:
+        except ValueError as e:  # context, token ids, the chat template's refusal
             print(f"error: {e}", file=sys.stderr)
             continue
         except KeyboardInterrupt:

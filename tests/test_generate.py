@@ -102,3 +102,58 @@ def test_verbose_names_the_moe_path(tiny_qat, monkeypatch):
     assert moe_path(moe, mx.bfloat16).startswith("plain MLX (")
     from mlx_mobilemoe import Model, preset
     assert "need int4" in moe_path(Model(preset("tiny")).layers[0].feed_forward, mx.float32)
+
+
+BAD_ARGS = [("--temp", "nan"), ("--temp", "inf"), ("--temp", "-1"), ("--top-p", "nan"),
+            ("--top-p", "0"), ("--top-p", "5"), ("--top-k", "-3"), ("--max-tokens", "-5"),
+            ("--max-tokens", "0"), ("--prompt", ""), ("--prompt", "a\udcff"), ("--seed", "-1"),
+            ("--experts-per-token", "0"), ("--system", "  ")]
+
+
+@pytest.mark.parametrize("flag,value", BAD_ARGS, ids=[f"{f}={v!r}" for f, v in BAD_ARGS])
+def test_bad_cli_values_are_argparse_errors(flag, value, capsys):
+    from mlx_mobilemoe.generate import build_parser
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([flag, value])
+    assert e.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_float16_on_cpu_and_invalid_utf8_prompt_are_clear_errors(tiny_qat, tmp_path,
+                                                                 tokenizer_dir):
+    import official
+    from conftest import add_tokenizer
+    bf16 = tmp_path / "bf16"
+    official.write_checkpoint(bf16, official.TINY, qat=False, seed=2)
+    add_tokenizer(bf16, tokenizer_dir)
+    r = run_cli("--model", str(bf16), "--dtype", "float16", "--prompt", "x")
+    assert r.returncode == 2 and "float16 cannot run" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable.encode(), b"-m", b"mlx_mobilemoe.generate", b"--prompt",
+                        b"caf\xe9"], capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"not valid UTF-8" in r.stderr
+
+
+def test_repl_survives_invalid_utf8_and_template_refusals(tiny_qat):
+    r = subprocess.run([sys.executable, "-m", "mlx_mobilemoe.generate", "--model",
+                        str(tiny_qat[0]), "--max-tokens", "3", "--temp", "0"],
+                       input=b"hello\n\xff\xfe bad\nspeak\n/quit\n", capture_output=True,
+                       timeout=300)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    assert "not valid UTF-8" in err and err.count("generation: 3 tokens") == 2
+
+
+def test_token_ids_are_checked_where_they_enter_the_model(tiny_qat):
+    from mlx_mobilemoe.generate import TokenIdError, check_token_ids
+    check_token_ids([0, 5, 319], 320)
+    for bad in ([320], [-1], [5, 10 ** 9]):
+        with pytest.raises(TokenIdError, match="outside the model's vocabulary"):
+            check_token_ids(bad, 320)
+    model, tok = load(tiny_qat[0])
+    opts = types.SimpleNamespace(temp=0.0, top_p=1.0, top_k=0, system=None, raw=True,
+                                 max_tokens=2)
+    s = Session(model, tok, opts)
+    model.args.vocab_size = 100  # as if the tokenizer produced ids past the embedding
+    with pytest.raises(TokenIdError):
+        s.reply("speak speak speak")
+    assert s.messages == []
