@@ -131,3 +131,19 @@ def test_preset_depth_override_repeats_the_rope_pattern():
     assert args.no_rope_layers == [1, 0, 1, 0, 1]
     assert preset("tiny", num_hidden_layers=3, no_rope_layers=[0, 0, 0]).no_rope_layers == [0, 0, 0]
     assert preset("S", num_hidden_layers=2).num_hidden_layers == 2  # S has no pattern
+
+
+def test_behaviour_is_bit_identical_to_the_record():
+    """Refactors keep every bit (issue 12): greedy tokens of the bundled default model, and
+    the logits (and training statistics) on the test checkpoints, against tests/behaviour.json.
+    Logit hashes are recorded per CPU BLAS; tokens hold on every one."""
+    import behaviour
+
+    record = behaviour.recorded()
+    now = behaviour.measure()
+    mine = record.get(behaviour.blas())
+    any_record = next(iter(record.values()))
+    assert now["default.greedy"] == any_record["default.greedy"]
+    if mine is None:
+        pytest.skip(f"no logits record for BLAS {behaviour.blas()} (run tests/behaviour.py)")
+    assert now == mine
