@@ -166,8 +166,7 @@ def main(argv=None) -> int:
         ptq(model, args.quantize)
         model.set_dtype(DTYPES[args.dtype])
     if args.verbose:
-        from .kernels import moe_path
-        print(f"[MoE: {moe_path(model.layers[0].feed_forward, DTYPES[args.dtype])}]",
+        print(f"[MoE: {model.layers[0].feed_forward.plan(DTYPES[args.dtype]).why}]",
               file=sys.stderr)
     if args.experts_per_token is not None:
         try:

@@ -68,7 +68,7 @@ def _random_tiny(out):
     from mlx_mobilemoe import Model, preset
     from mlx_mobilemoe.model import quantize_model
     from mlx_mobilemoe.train.lora import apply_lora
-    from mlx_mobilemoe.train.moe import forward
+    from mlx_mobilemoe.moe import MoEOptions
 
     mx.random.seed(0)
     model = Model(preset("tiny"))
@@ -79,7 +79,7 @@ def _random_tiny(out):
     out["tiny.logits"] = _hash(model(x))
     out["tiny.logits.one_token"] = _hash(model(x[:1, :1]))
     for dispatch, cf in (("dropless", 1.25), ("drop", 1.0), ("drop", 0.5)):
-        logits, st = forward(model, x, dispatch, cf)
+        logits, st = model(x, moe=MoEOptions(dispatch, cf, stats=True))
         key = f"tiny.train.{dispatch}.{cf}"
         out[key] = _hash(logits)
         for k in sorted(st):
@@ -96,7 +96,7 @@ def _random_tiny(out):
             e = getattr(layer.feed_forward.experts, n)
             e.lora_b = mx.random.normal(e.lora_b.shape) * 0.1
     out["tiny.lora.logits"] = _hash(lora(x))
-    logits, _ = forward(lora, x, "dropless", 1.0)
+    logits, _ = lora(x, moe=MoEOptions("dropless", 1.0, stats=True))
     out["tiny.lora.train.dropless"] = _hash(logits)
 
 
