@@ -258,10 +258,9 @@ def main(argv=None) -> int:
         return 2
     dtype = model.compute_dtype
     if args.verbose:
-        from .kernels import moe_path
         name = {v: k for k, v in DTYPES.items()}[dtype]
         print(f"[dtype: {name} | weights: all finite]", file=sys.stderr)
-        print(f"[MoE: {moe_path(model.layers[0].feed_forward, dtype)}]", file=sys.stderr)
+        print(f"[MoE: {model.layers[0].feed_forward.plan(dtype).why}]", file=sys.stderr)
     if args.experts_per_token is not None:
         try:
             model.set_experts_per_token(args.experts_per_token)

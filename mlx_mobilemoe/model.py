@@ -17,9 +17,7 @@ from mlx_lm.models.cache import KVCache
 
 from . import quant
 from .config import QAT_QUANTIZATION, ModelArgs
-from .kernels import fused_moe
-
-Q = dict(group_size=quant.GROUP_SIZE, bits=quant.BITS)
+from .moe import INFERENCE, MoE, MoEOptions, Q, QuantizedExpertLinear, linear
 
 
 # --- rotary embedding -------------------------------------------------------------------
@@ -45,12 +43,6 @@ def rope_inv_freq(head_dim: int, theta: float, rope_scaling: Optional[dict]) -> 
 
 
 # --- layers -----------------------------------------------------------------------------
-
-def linear(in_dims: int, out_dims: int, quantized: bool) -> nn.Module:
-    if quantized:
-        return nn.QuantizedLinear(in_dims, out_dims, bias=False, **Q)
-    return nn.Linear(in_dims, out_dims, bias=False)
-
 
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs, layer_idx: int):
@@ -92,131 +84,21 @@ class Attention(nn.Module):
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(B, T, -1))
 
 
-class MLP(nn.Module):
-    """SwiGLU feed-forward: the shared expert."""
-
-    def __init__(self, dims: int, hidden: int, quantized: bool):
-        super().__init__()
-        self.gate_proj = linear(dims, hidden, quantized)
-        self.up_proj = linear(dims, hidden, quantized)
-        self.down_proj = linear(hidden, dims, quantized)
-
-    def __call__(self, x):
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class ExpertLinear(nn.Module):
-    """E stacked linears stored [E, in, out]; row i of x goes through expert indices[i]."""
-
-    def __init__(self, num_experts: int, in_dims: int, out_dims: int):
-        super().__init__()
-        s = in_dims ** -0.5
-        self.weight = mx.random.uniform(-s, s, (num_experts, in_dims, out_dims))
-
-    def __call__(self, x, indices, sorted_indices=False):
-        return mx.gather_mm(x, self.weight, rhs_indices=indices, sorted_indices=sorted_indices)
-
-
-class QuantizedExpertLinear(nn.Module):
-    """int4 g32 experts in MLX affine layout, grouped along `out` (official orientation)."""
-
-    def __init__(self, num_experts: int, in_dims: int, out_dims: int):
-        super().__init__()
-        self.weight = mx.zeros((num_experts, in_dims, out_dims // 8), dtype=mx.uint32)
-        self.scales = mx.ones((num_experts, in_dims, out_dims // quant.GROUP_SIZE), mx.float16)
-        self.biases = -8 * self.scales
-        self.freeze()
-
-    def __call__(self, x, indices, sorted_indices=False):
-        return mx.gather_qmm(x, self.weight, self.scales, self.biases, rhs_indices=indices,
-                             transpose=False, sorted_indices=sorted_indices, **Q)
-
-
-class Experts(nn.Module):
-    """The routed experts: gate_up [E, H, 2I] (gate columns first), down [E, I, H]."""
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        E, H, I = args.num_local_experts, args.hidden_size, args.intermediate_size
-        cls = QuantizedExpertLinear if args.is_quantized else ExpertLinear
-        self.gate_up = cls(E, H, 2 * I)
-        self.down = cls(E, I, H)
-
-    def __call__(self, x, indices):
-        # x (N, H), indices (N, k) -> (N, k, H)
-        N, k = indices.shape
-        x = x[:, None, None, :]  # (N, 1, 1, H): one row per token, broadcast over its k experts
-        do_sort = indices.size >= 64
-        if do_sort:  # group rows by expert so each expert's weights are read once
-            flat = indices.flatten()
-            order = mx.argsort(flat)
-            inv = mx.argsort(order)
-            x = x.reshape(N, 1, -1)[order // k]  # (N*k, 1, H)
-            idx = flat[order]
-        else:
-            idx = indices
-        gu = self.gate_up(x, idx, sorted_indices=do_sort)
-        g, u = mx.split(gu, 2, axis=-1)
-        y = self.down(nn.silu(g) * u, idx, sorted_indices=do_sort)
-        if do_sort:
-            return y.squeeze(-2)[inv].reshape(N, k, -1)
-        return y.squeeze(-2)
-
-
-class MoE(nn.Module):
-    """Sigmoid-routed top-k experts plus an always-on shared expert."""
-
-    def __init__(self, args: ModelArgs):
-        super().__init__()
-        E = args.num_local_experts
-        self.num_experts_per_tok = args.num_experts_per_tok
-        self.routed_scaling_factor = args.routed_scaling_factor
-        self.norm_topk_prob = args.norm_topk_prob
-        self.router = nn.Linear(args.hidden_size, E, bias=False)
-        self.router.weight = self.router.weight.astype(mx.float32)
-        self.expert_bias = mx.zeros((E,), dtype=mx.float32)  # selects experts, never weights them
-        self.experts = Experts(args)
-        self.shared_expert = (
-            MLP(args.hidden_size, args.intermediate_size_mlp, args.is_quantized)
-            if args.intermediate_size_mlp else None)
-
-    def route(self, x):
-        """x (..., H) -> expert indices (..., k) uint32 and float32 combine weights (..., k)."""
-        scores = mx.sigmoid(self.router(x.astype(mx.float32)))
-        k = self.num_experts_per_tok
-        biased = scores + self.expert_bias
-        idx = mx.argpartition(-biased, kth=k - 1, axis=-1)[..., :k]
-        idx = mx.stop_gradient(idx.astype(mx.uint32))
-        w = mx.take_along_axis(scores, idx, axis=-1)
-        if self.norm_topk_prob:
-            w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
-        return idx, w * self.routed_scaling_factor
-
-    def __call__(self, x):
-        y = fused_moe(self, x)  # fused INT4 kernels on a Metal/CUDA GPU, else None
-        if y is not None:
-            return y
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        idx, w = self.route(x2)
-        y = self.experts(x2, idx)  # (N, k, H)
-        out = (y * w[..., None]).sum(axis=-2).astype(x.dtype)
-        if self.shared_expert is not None:
-            out = out + self.shared_expert(x2)
-        return out.reshape(shape)
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
         self.self_attn = Attention(args, layer_idx)
-        self.feed_forward = MoE(args)
+        self.feed_forward = MoE.from_args(args)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
-    def __call__(self, x, mask=None, cache=None):
+    def __call__(self, x, mask=None, cache=None, moe: MoEOptions = INFERENCE):
+        """-> h, or (h, MoE statistics) when moe.stats."""
         h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.feed_forward(self.post_attention_layernorm(h))
+        y = self.feed_forward(self.post_attention_layernorm(h), moe)
+        if moe.stats:
+            return h + y[0], y[1]
+        return h + y
 
 
 class MobileMoEModel(nn.Module):
@@ -238,19 +120,30 @@ class MobileMoEModel(nn.Module):
                                  e.biases[inputs].astype(dtype), **Q)
         return e(inputs)
 
-    def __call__(self, inputs, cache=None, input_embeddings=None, dtype=mx.float32):
+    def __call__(self, inputs, cache=None, input_embeddings=None, dtype=mx.float32,
+                 moe: MoEOptions = INFERENCE):
         h = input_embeddings if input_embeddings is not None else self.embed(inputs, dtype)
         h = h.astype(dtype)
         if cache is None:
             cache = [None] * len(self.layers)
         mask = create_attention_mask(h, cache[0])
+        stats = []
         for layer, c in zip(self.layers, cache):
-            h = layer(h, mask, c)
-        return self.norm(h)
+            h = layer(h, mask, c, moe)
+            if moe.stats:
+                h, st = h
+                stats.append(st)
+        h = self.norm(h)
+        if moe.stats:
+            return h, {k: mx.stack([s[k] for s in stats]) for k in stats[0]}
+        return h
 
 
 class Model(nn.Module):
-    """Causal LM with tied head. `model(tokens)` (B, T) -> logits (B, T, V)."""
+    """Causal LM with tied head. `model(tokens)` (B, T) -> logits (B, T, V).
+
+    `moe=MoEOptions(...)` picks the MoE dispatch (training: "drop"/"dropless") and, with
+    stats=True, returns (logits, {load (L, E), dropped (L,), z (L,), aux (L,)})."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -259,9 +152,12 @@ class Model(nn.Module):
         self.model = MobileMoEModel(args)
         self.compute_dtype = mx.float32
 
-    def __call__(self, inputs, cache=None, input_embeddings=None):
-        h = self.model(inputs, cache, input_embeddings, dtype=self.compute_dtype)
-        return self.model.embed_tokens.as_linear(h)
+    def __call__(self, inputs, cache=None, input_embeddings=None,
+                 moe: MoEOptions = INFERENCE):
+        out = self.model(inputs, cache, input_embeddings, dtype=self.compute_dtype, moe=moe)
+        if moe.stats:
+            return self.model.embed_tokens.as_linear(out[0]), out[1]
+        return self.model.embed_tokens.as_linear(out)
 
     @property
     def layers(self):

@@ -41,6 +41,7 @@ from mlx_lm.models.switch_layers import SwitchGLU  # noqa: E402
 from mlx_mobilemoe import Model, preset  # noqa: E402
 from mlx_mobilemoe.kernels import gpu_backend  # noqa: E402
 from mlx_mobilemoe.model import quantize_model  # noqa: E402
+from mlx_mobilemoe.moe import route  # noqa: E402
 
 DENSE_1B = dict(model_type="llama", hidden_size=1280, num_hidden_layers=30,
                 intermediate_size=6144, num_attention_heads=20, num_key_value_heads=4,
@@ -74,11 +75,7 @@ class MlxLmMoE(nn.Module):
                        nn.Linear(S, H, bias=False)]
 
     def __call__(self, x):
-        scores = mx.sigmoid(self.router(x.astype(mx.float32)))
-        idx = mx.stop_gradient(mx.argpartition(-(scores + self.expert_bias), kth=self.k - 1,
-                                               axis=-1)[..., :self.k])
-        w = mx.take_along_axis(scores, idx, axis=-1)
-        w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
+        idx, w = route(self.router(x.astype(mx.float32)), self.expert_bias, self.k, 1.0, True)
         y = (self.switch_mlp(x, idx) * w[..., None]).sum(axis=-2).astype(x.dtype)
         g, u, d = self.shared
         return y + d(nn.silu(g(x)) * u(x))
@@ -196,13 +193,12 @@ def bench_overhead(sizes, dtype, n_layers, iters):
 def _host_probe(size, moe, x, k):
     """Graph-building cost of one call of each piece (no evaluation), in µs."""
     from mlx_mobilemoe.kernels import moe as moe_mod
-    from mlx_mobilemoe.kernels import weights_from_module
     backend = gpu_backend()
-    probes = {"module (fused_moe + custom_function)": lambda: moe(x),
+    probes = {"module (MoE block + custom_function)": lambda: moe(x),
               "one add": lambda: x + 1}
     if backend:
-        w = weights_from_module(moe)
-        probes["kernels only (two launches)"] = lambda: moe_mod._run(x, w, k, backend)
+        w = moe.kernel_weights()
+        probes["kernels only (two launches)"] = lambda: moe_mod.run(x, w, k, backend)
         make = mx.fast.cuda_kernel if backend == "cuda" else mx.fast.metal_kernel
         tiny = make(name="probe", input_names=["a"], output_names=["b"], source="b[0] = a[0];")
         probes["one trivial custom kernel"] = lambda: tiny(

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+import official
+
 from mlx_mobilemoe.kernels import MoEWeights, QWeight
+from mlx_mobilemoe.moe import MoE, MoEOptions
 
 # (H, I, S, E): the presets' layer widths, and tiny ones whose odd tile fits are deliberate
 WIDTHS = {
@@ -33,6 +36,12 @@ TOL = {
     ("moe_ffn", "float16"): 3e-3,
     ("route_weights", "float32"): 1e-6,
 }
+
+
+# DESIGN.md §4's routing test vector, checked by the model's routing (tests/test_model.py),
+# the kernels' (tests/test_kernels.py) and Swift's (NumericsTests.swift keeps a copy).
+ROUTING_VECTOR = dict(logits=[0.0, np.log(3), -np.log(3), np.log(4)], bias=[0.0, 0.0, 1.0, 0.0],
+                      k=2, scale=2.5, experts=[2, 3], weights=[0.5952, 1.9048])
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,11 @@ def random_moe(H, I, S, E, seed=0, shared=True, rsf=1.5, norm=True):
     return MoEWeights(router, bias, gate_up, down, sg, su, sd, rsf, norm)
 
 
+def reference(x, w: MoEWeights, k: int):
+    """The plain-MLX forward the kernels replace: the MoE block's dropless dispatch."""
+    return MoE.from_weights(w, k)(x, MoEOptions("dropless"))
+
+
 def case_inputs(case: Case, seed=0):
     H, I, S, E = WIDTHS[case.width]
     w = random_moe(H, I, S, E, seed=seed, shared=case.shared)
@@ -130,14 +144,11 @@ def dequant_np(q: QWeight) -> np.ndarray:
 
 
 def oracle_route(x, w: MoEWeights, k):
+    """float64 routing of DESIGN.md §4 (tests/official.py's oracle)."""
     x = np.array(x.astype(mx.float32)).astype(np.float64)
-    scores = 1 / (1 + np.exp(-(x @ np.array(w.router).astype(np.float64).T)))
-    biased = scores + np.array(w.expert_bias).astype(np.float64)
-    idx = np.argsort(-biased, axis=-1, kind="stable")[:, :k]
-    s = np.take_along_axis(scores, idx, axis=-1)
-    if w.norm_topk_prob:
-        s = s / (s.sum(-1, keepdims=True) + 1e-20)
-    return idx, s * w.routed_scaling_factor
+    return official.route(x, np.array(w.router).astype(np.float64),
+                          np.array(w.expert_bias).astype(np.float64), k,
+                          w.routed_scaling_factor, w.norm_topk_prob)
 
 
 def oracle_moe(x, w: MoEWeights, k):

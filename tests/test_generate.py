@@ -92,16 +92,16 @@ def test_quantize_flag_matches_the_exported_int4_model(tiny_qat, tmp_path, token
 
 
 def test_verbose_names_the_moe_path(tiny_qat, monkeypatch):
-    from mlx_mobilemoe.kernels import _build, moe_path
+    from mlx_mobilemoe.kernels import moe as kernel_op
     r = run_cli("--model", str(tiny_qat[0]), "--prompt", "x", "--max-tokens", "2", "--verbose")
     assert "[MoE: plain MLX (no Metal/CUDA device)]" in r.stderr
     model, _ = load(tiny_qat[0])
     moe = model.layers[0].feed_forward
-    monkeypatch.setattr(_build, "gpu_backend", lambda: "cuda")
-    assert moe_path(moe, mx.float32) == "fused int4 kernels (cuda)"
-    assert moe_path(moe, mx.bfloat16).startswith("plain MLX (")
+    monkeypatch.setattr(kernel_op, "gpu_backend", lambda: "cuda")
+    assert moe.plan(mx.float32).why == "fused int4 kernels (cuda)"
+    assert moe.plan(mx.bfloat16).why.startswith("plain MLX (")
     from mlx_mobilemoe import Model, preset
-    assert "need int4" in moe_path(Model(preset("tiny")).layers[0].feed_forward, mx.float32)
+    assert "need int4" in Model(preset("tiny")).layers[0].feed_forward.plan(mx.float32).why
 
 
 BAD_ARGS = [("--temp", "nan"), ("--temp", "inf"), ("--temp", "-1"), ("--top-p", "nan"),

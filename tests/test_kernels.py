@@ -20,9 +20,11 @@ import pytest
 
 import kernel_cases as kc
 import kernel_emu
-from mlx_mobilemoe.kernels import (MoEWeights, _build, fused_moe, moe_ffn,
-                                   moe_ffn_reference, route_reference)
+from mlx_mobilemoe.kernels import KernelError, MoEWeights, _build, moe_ffn, plan
 from mlx_mobilemoe.kernels import moe as moe_mod
+from mlx_mobilemoe.moe import MoE, MoEOptions
+
+moe_ffn_reference = kc.reference
 
 GPU = _build.gpu_backend()
 needs_gpu = pytest.mark.skipif(GPU is None, reason="no Metal/CUDA GPU (or reference forced)")
@@ -56,18 +58,23 @@ def test_reference_matches_float64_oracle(case):
     assert kc.rel_err(ref, kc.oracle_moe(x, w, case.k)) < _tol(case)
 
 
-def test_routing_design_vector():
-    # DESIGN.md §4: logits [0, ln 3, -ln 3, ln 4], bias [0, 0, 1, 0], k = 2 -> {2, 3}, 0.5952, 1.9048
-    logits = np.array([0, np.log(3), -np.log(3), np.log(4)], np.float32)
-    x = mx.array(np.eye(4, dtype=np.float32)[:1])
-    router = mx.array(np.pad(logits[:, None], ((0, 0), (0, 3))))  # x = e0 -> logits
-    idx, w = route_reference(x, router, mx.array([0, 0, 1, 0], mx.float32), 2, 2.5, True)
-    order = np.argsort(np.array(idx[0]))
-    assert np.array(idx[0])[order].tolist() == [2, 3]
-    np.testing.assert_allclose(np.array(w[0])[order], [0.5952, 1.9048], atol=1e-4)
-
-
 # --- kernel bodies on the CPU emulator --------------------------------------------------
+
+def _routing_vector_weights():
+    """DESIGN.md §4's vector padded to the kernels' minimum of 8 experts (never chosen) and
+    a hidden size of 32; x = e0 makes the router's first column the logits."""
+    v = kc.ROUTING_VECTOR
+    logits = np.full(8, -30.0, np.float32)
+    logits[:4] = v["logits"]
+    router = np.zeros((8, 32), np.float32)
+    router[:, 0] = logits
+    w = kc.random_moe(32, 32, 0, 8, shared=False, rsf=v["scale"])
+    bias = np.zeros(8, np.float32)
+    bias[:4] = v["bias"]
+    w = MoEWeights(mx.array(router), mx.array(bias), w.gate_up, w.down, None, None, None,
+                   v["scale"], True)
+    return w, mx.array(np.eye(32, dtype=np.float32)[:1])
+
 
 @pytest.fixture(scope="module")
 def emu():
@@ -84,6 +91,16 @@ def test_emulated_kernels_match_oracle(case, emu):
     x, w = _inputs(case)
     out = moe_ffn(x, w, case.k, path=case.path, backend=emu)
     assert kc.rel_err(out, kc.oracle_moe(x, w, case.k)) < _tol(case)
+
+
+@needs_emu
+def test_emulated_routing_kernel_on_the_design_vector(emu):
+    v = kc.ROUTING_VECTOR
+    w, x = _routing_vector_weights()
+    sel, selw = moe_mod.route(x, w, v["k"], emu)
+    order = np.argsort(np.array(sel))
+    assert np.array(sel)[order].tolist() == v["experts"]
+    np.testing.assert_allclose(np.array(selw)[order], v["weights"], atol=1e-4)
 
 
 @needs_emu
@@ -105,56 +122,65 @@ def test_model_moe_uses_kernels_and_keeps_reference_gradient(emu, monkeypatch):
     moe = quantize_model(Model(preset("tiny"))).layers[0].feed_forward
     moe.expert_bias = mx.array(np.linspace(-0.1, 0.1, 8, dtype=np.float32))
     x = mx.random.normal((1, 3, 64))
-    monkeypatch.setattr(_build, "gpu_backend", lambda: None)  # reference (CPU or GPU host)
+    monkeypatch.setattr(moe_mod, "gpu_backend", lambda: None)  # reference (CPU or GPU host)
     ref, g_ref = moe(x), mx.grad(lambda v: moe(v).sum())(x)
-    assert fused_moe(moe, x) is None
-    monkeypatch.setattr(_build, "gpu_backend", lambda: emu)
+    assert not moe.plan(x.dtype).fused
+    with pytest.raises(KernelError, match="no Metal/CUDA device"):
+        moe(x, MoEOptions("fused"))
+    monkeypatch.setattr(moe_mod, "gpu_backend", lambda: emu)
+    assert moe.plan(x.dtype) == moe_mod.Plan(emu, f"fused int4 kernels ({emu})")
     out = moe(x)
-    assert moe.__dict__["_mm_memo"].weights is not None
     assert kc.rel_err(out, ref) < 2e-5
     assert kc.rel_err(mx.grad(lambda v: moe(v).sum())(x), g_ref) < 1e-6
 
 
 @needs_emu
 def test_module_memo_follows_weight_and_module_changes(emu, monkeypatch):
-    """The fused path caches its view of the module's weights; replacing an array, a
-    submodule or a routing scalar rebuilds it, so the output always follows the module."""
+    """The fused path caches its view of the module's weights (and the plan made over it);
+    replacing an array, a submodule or a routing scalar rebuilds it, so the output always
+    follows the module."""
     from mlx_mobilemoe import Model, preset
     from mlx_mobilemoe.model import quantize_model
     mx.random.seed(4)
     moe = quantize_model(Model(preset("tiny"))).layers[0].feed_forward
     x = mx.random.normal((1, 2, 64))
-    monkeypatch.setattr(_build, "gpu_backend", lambda: emu)
+    monkeypatch.setattr(moe_mod, "gpu_backend", lambda: emu)
+    memos = []
 
     def check():
         out = moe(x)
-        with monkeypatch.context() as m:
-            m.setattr(_build, "gpu_backend", lambda: None)
-            ref = moe(x)
-        assert kc.rel_err(out, ref) < 2e-5
-        return moe.__dict__["_mm_memo"]
+        assert kc.rel_err(out, moe(x, MoEOptions("dropless"))) < 2e-5
+        memos.append(moe.plan(x.dtype))  # cached with the view: a new view, a new plan
+        return memos[-1]
 
     memo = check()
     assert check() is memo  # unchanged module: the memo holds
     moe.experts.down.scales = moe.experts.down.scales * 2
     moe.experts.down.biases = moe.experts.down.biases * 2
     assert check() is not memo
-    memo = moe.__dict__["_mm_memo"]
+    memo = memos[-1]
     moe.routed_scaling_factor = 2.5
     assert check() is not memo
-    memo = moe.__dict__["_mm_memo"]
+    memo = memos[-1]
     moe.shared_expert = quantize_model(Model(preset("tiny"))).layers[1].feed_forward.shared_expert
     assert check() is not memo
 
 
-def test_dispatch_falls_back_to_reference(monkeypatch):
+def test_plan_says_why_the_kernels_cannot_run(monkeypatch):
     case = kc.Case("tiny", 2, 2, True)
     x, w = _inputs(case)
     monkeypatch.setenv("MLX_MOBILEMOE_REFERENCE", "1")
     assert _build.gpu_backend() is None
-    assert kc.rel_err(moe_ffn(x, w, 2), moe_ffn_reference(x, w, 2)) == 0.0
-    assert moe_mod.kernel_supported(w, 9, mx.float32) is not None  # k > 8
-    assert moe_mod.kernel_supported(w, 2, mx.bfloat16) is not None
+    assert plan(w, 2, mx.float32, None).why == "plain MLX (MLX_MOBILEMOE_REFERENCE=1)"
+    with pytest.raises(KernelError, match="MLX_MOBILEMOE_REFERENCE=1"):
+        moe_ffn(x, w, 2)
+    assert "outside" in plan(w, 9, mx.float32, "cuda").why  # k > 8
+    assert "activation dtype" in plan(w, 2, mx.bfloat16, "cuda").why
+    assert "need int4" in plan("ExpertLinear weights: the kernels need int4", 2, mx.float32,
+                               "cuda").why
+    odd = MoEWeights(w.router, w.expert_bias, moe_mod.QWeight(w.gate_up.weight, w.gate_up.scales,
+                     bits=8), w.down, None, None, None)
+    assert "quantization other than" in plan(odd, 2, mx.float32, "cuda").why
 
 
 _METAL_STUB = """
@@ -252,13 +278,8 @@ def test_gpu_official_layout(path):
 def test_gpu_routing_matches_reference():
     case = kc.Case("L", 513, 8, True)
     x, w = _inputs(case)
-    H, I, S, E = w.dims
-    dims, fp, _ = moe_mod._common(w, case.T, case.k)
-    sel, selw = _build.launch(
-        moe_mod._k(GPU, "route"), [x, w.router, w.expert_bias, dims, fp],
-        [((case.T * case.k,), mx.int32), ((case.T * case.k,), mx.float32)],
-        -(-case.T // 8), [("T", x.dtype)])
-    idx, wr = route_reference(x, w.router, w.expert_bias, case.k, w.routed_scaling_factor, True)
+    sel, selw = moe_mod.route(x, w, case.k, GPU)
+    idx, wr = MoE.from_weights(w, case.k).route(x)
     sel, selw = np.array(sel).reshape(case.T, -1), np.array(selw).reshape(case.T, -1)
     idx, wr = np.array(idx), np.array(wr)
     o1, o2 = np.argsort(sel, -1), np.argsort(idx, -1)
@@ -313,7 +334,7 @@ def test_gpu_model_greedy_tokens_match_reference(monkeypatch):
         return [int(t) for t, _ in generate_step(prompt, model, max_tokens=24)]
 
     fused = greedy()
-    assert model.layers[0].feed_forward.__dict__["_mm_memo"].weights is not None
+    assert model.layers[0].feed_forward.plan(mx.float32).fused
     monkeypatch.setenv("MLX_MOBILEMOE_REFERENCE", "1")
     ref = greedy()
     print(f"\nPARITY {GPU} model-greedy-24 tokens_equal={fused == ref}")

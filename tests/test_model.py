@@ -6,6 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+import kernel_cases
 import official
 from mlx_mobilemoe.checkpoint import load_model
 from mlx_mobilemoe.config import preset
@@ -37,19 +38,21 @@ def test_logits_match_float64_reference(tmp_path, qat, variant, T):
 
 
 def test_routing_test_vector():
-    args = preset("tiny", num_local_experts=4, num_experts_per_tok=2,
-                  routed_scaling_factor=2.5)
-    moe = MoE(args)
+    v = kernel_cases.ROUTING_VECTOR
+    E = len(v["logits"])
+    args = preset("tiny", num_local_experts=E, num_experts_per_tok=v["k"],
+                  routed_scaling_factor=v["scale"])
+    moe = MoE.from_args(args)
     x = mx.zeros((1, args.hidden_size))
     x[0, 0] = 1.0
-    w = mx.zeros((4, args.hidden_size))
-    w[:, 0] = mx.array([0.0, math.log(3), -math.log(3), math.log(4)])
+    w = mx.zeros((E, args.hidden_size))
+    w[:, 0] = mx.array(v["logits"], mx.float32)
     moe.router.weight = w
-    moe.expert_bias = mx.array([0.0, 0.0, 1.0, 0.0])
+    moe.expert_bias = mx.array(v["bias"], mx.float32)
     idx, wts = moe.route(x)
     order = np.argsort(np.array(idx[0]))
-    assert sorted(np.array(idx[0]).tolist()) == [2, 3]
-    np.testing.assert_allclose(np.array(wts[0])[order], [0.5952, 1.9048], atol=1e-4)
+    assert np.array(idx[0])[order].tolist() == v["experts"]
+    np.testing.assert_allclose(np.array(wts[0])[order], v["weights"], atol=1e-4)
     assert wts.dtype == mx.float32
 
 
@@ -131,3 +134,19 @@ def test_preset_depth_override_repeats_the_rope_pattern():
     assert args.no_rope_layers == [1, 0, 1, 0, 1]
     assert preset("tiny", num_hidden_layers=3, no_rope_layers=[0, 0, 0]).no_rope_layers == [0, 0, 0]
     assert preset("S", num_hidden_layers=2).num_hidden_layers == 2  # S has no pattern
+
+
+def test_behaviour_is_bit_identical_to_the_record():
+    """Refactors keep every bit (issue 12): greedy tokens of the bundled default model, and
+    the logits (and training statistics) on the test checkpoints, against tests/behaviour.json.
+    Logit hashes are recorded per CPU BLAS; tokens hold on every one."""
+    import behaviour
+
+    record = behaviour.recorded()
+    now = behaviour.measure()
+    mine = record.get(behaviour.blas())
+    any_record = next(iter(record.values()))
+    assert now["default.greedy"] == any_record["default.greedy"]
+    if mine is None:
+        pytest.skip(f"no logits record for BLAS {behaviour.blas()} (run tests/behaviour.py)")
+    assert now == mine

@@ -76,3 +76,23 @@ def test_qat_stage_refuses_presets_and_int4(float_run, tmp_path, capsys):
     assert main(["stage=qat", f"model={flt}", "qat.scales=magic", f"out={tmp_path / 'c'}",
                  *common]) == 1
     assert "scales" in capsys.readouterr().err
+
+
+def test_qat_stage_keeps_line_aligned_windows(float_run, tmp_path, monkeypatch):
+    """stage=qat align=line trains on line-aligned windows (the stage once built its data
+    without `align`, silently training on unaligned windows)."""
+    from mlx_mobilemoe.train import data as D
+
+    aligns = []
+
+    class Spy(D.PackedData):
+        def __init__(self, *args, **kwargs):
+            aligns.append(kwargs.get("align"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(D, "PackedData", Spy)
+    d, flt = float_run
+    assert main(["configs/qat.yaml", f"model={flt}", f"data={d / 'text.txt'}", "steps=1",
+                 f"cache_dir={d / 'cache'}", "align=line", f"out={tmp_path / 'a'}",
+                 *TINY]) == 0
+    assert aligns == ["line"]

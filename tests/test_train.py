@@ -16,7 +16,10 @@ from mlx_mobilemoe.train import data as D
 from mlx_mobilemoe.train.__main__ import main
 from mlx_mobilemoe.train.lora import LoRAExpertLinear, apply_lora, fuse_lora
 from mlx_mobilemoe.train.loop import Trainer, TrainingError
-from mlx_mobilemoe.train.moe import balance_biases, drop_and_pad, forward, moe_forward
+from mlx_mobilemoe.moe import MoEOptions
+from mlx_mobilemoe.train.moe import balance_biases
+
+STATS = MoEOptions("dropless", stats=True)
 
 TINY = ["seq_len=16", "batch_size=4", "grad_accum=1", "eval_every=0", "save_every=0",
         "log_every=100", "eval_batches=2", "warmup=2", "lr=3e-3", "tokenizer={vocab_size: 300}"]
@@ -126,7 +129,7 @@ def test_sft_cli_and_mask_covers_assistant_tokens_only(pretrained, corpus, tmp_p
     assert (y2 != y).sum() > 10
 
     def loss(yy):
-        logits, _ = forward(model, mx.array(x), "dropless")
+        logits = model(mx.array(x), moe=MoEOptions("dropless"))
         ce = nn.losses.cross_entropy(logits, mx.array(yy), reduction="none")
         return ((ce * mx.array(m)).sum() / m.sum()).item()
 
@@ -153,7 +156,7 @@ def test_drop_and_pad_drops_only_over_capacity():
     E = 8
     for cf in (0.5, 1.0, 4.0):
         C = math.ceil(cf * N * k / E)
-        y, keep = drop_and_pad(moe.experts, x, idx, cf)
+        y, keep = moe.experts.drop_and_pad(x, idx, cf)
         counts = np.bincount(np.array(idx).ravel(), minlength=E)
         expect_dropped = np.maximum(counts - C, 0).sum()
         assert int((1 - np.array(keep)).sum()) == expect_dropped
@@ -165,9 +168,19 @@ def test_drop_and_pad_drops_only_over_capacity():
         kk = np.array(keep) > 0
         np.testing.assert_allclose(np.array(y)[kk], ref[kk], rtol=1e-5, atol=1e-5)
         assert np.abs(np.array(y)[~kk]).max(initial=0) == 0
-    out, st = moe_forward(moe, x, "dropless")
+    out, st = moe(x, STATS)
     assert st["dropped"].item() == 0
     np.testing.assert_allclose(np.array(out), np.array(moe(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_drop_dispatch_reaches_lora_experts():
+    """Drop-and-pad runs adapter-wrapped experts (it read the base weight's shape and failed)."""
+    mx.random.seed(2)
+    model = apply_lora(Model(preset("tiny")), rank=2, targets=("experts",))
+    x = mx.random.randint(0, 320, (2, 8))
+    logits, st = model(x, moe=MoEOptions("drop", 8.0, stats=True))  # room for every token
+    assert float(st["dropped"].sum()) == 0
+    np.testing.assert_allclose(np.array(logits), np.array(model(x)), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("int4", [False, True], ids=["float", "int4"])
@@ -176,7 +189,7 @@ def test_training_forward_equals_model_forward(int4):
     if int4:  # LoRA / QAT start from int4 checkpoints: same embedding path as inference
         quantize_model(model)
     x = mx.random.randint(0, 320, (2, 12))
-    logits, st = forward(model, x, "dropless")
+    logits, st = model(x, moe=STATS)
     np.testing.assert_allclose(np.array(logits), np.array(model(x)), rtol=1e-4, atol=1e-4)
     assert st["load"].shape == (2, 8) and float(st["load"].sum()) == 2 * 2 * 12 * 2
 
@@ -185,7 +198,7 @@ def test_balancing_bias_moves_load_towards_uniform():
     model, moe, x = _skewed_moe()
 
     def imbalance():
-        _, st = moe_forward(moe, x, "dropless")
+        _, st = moe(x, STATS)
         load = np.array(st["load"])
         return load.max() / load.mean(), st["load"]
 
@@ -207,7 +220,7 @@ def test_lora_reaches_experts_and_fuses_to_official_layout(pretrained, corpus, t
     x = mx.random.randint(0, 300, (2, 16))
 
     def loss_fn(x):
-        logits, _ = forward(model, x, "dropless")
+        logits = model(x, moe=MoEOptions("dropless"))
         return nn.losses.cross_entropy(logits[:, :-1], x[:, 1:]).mean()
 
     _, grads = nn.value_and_grad(model, loss_fn)(x)

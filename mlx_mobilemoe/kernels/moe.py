@@ -1,13 +1,12 @@
-"""The fused MoE feed-forward: routing, k routed INT4 experts (SwiGLU) and the shared expert.
+"""The fused MoE op: routing, k routed INT4 experts (SwiGLU) and the shared expert as GPU
+kernels, on a weights view (`MoEWeights`), never on modules.
 
     y = sum_r w_r * down_{e_r}(silu(gate_{e_r}(x)) * up_{e_r}(x)) + shared(x)
 
-Three homes, kept equal by tests/test_kernels.py (DESIGN.md §5):
-- `moe_ffn_reference`: plain MLX ops (gather_qmm), every backend, differentiable in x;
-- the kernel bodies in metal/moe_decode.h and metal/moe_prefill.h, built here for
-  `mx.fast.metal_kernel` or `mx.fast.cuda_kernel` from the same text;
-- `moe_ffn`: the dispatcher. Kernels on a Metal or CUDA GPU, the reference elsewhere or when
-  MLX_MOBILEMOE_REFERENCE=1.
+The kernel bodies are in metal/moe_decode.h and metal/moe_prefill.h, built here for
+`mx.fast.metal_kernel` or `mx.fast.cuda_kernel` from the same text. The plain-MLX forward
+they are tested against (and whose gradient they take) is the MoE block's "dropless"
+dispatch, mlx_mobilemoe/moe.py; `plan` says which of the two a layer takes and why.
 
 Decode (few tokens) is two launches; prefill is four (route, grouped gate_up + SwiGLU,
 grouped down, combine). Kernels read the INT4 words and fp16 scales only (4.5 bits per
@@ -18,12 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import mlx.core as mx
-import mlx.nn as nn
 
 from . import _build
+from ._build import gpu_backend, reference_forced
 
 GROUP, BITS = 32, 4
 DECODE_MAX_TOKENS = 8  # at most this many tokens take the decode path
@@ -46,13 +45,21 @@ except FileNotFoundError:  # an install without metal/: the reference path only
     _D = {}
 
 
+class KernelError(RuntimeError):
+    """The fused kernels were asked for where they cannot run."""
+
+
 @dataclass
 class QWeight:
-    """INT4 g32 symmetric weight in MLX's affine layout (uint32 words, scales, biases)."""
+    """Symmetric INT4 g32 weight in MLX's affine layout (uint32 words, scales, biases), with
+    the quantization settings its module records."""
 
     weight: mx.array
     scales: mx.array
-    biases: Optional[mx.array] = None  # = -8 * scales; used by the reference only
+    biases: Optional[mx.array] = None  # = -8 * scales; MLX's own ops read it, kernels do not
+    bits: int = BITS
+    group_size: int = GROUP
+    mode: str = "affine"
 
     def mlx_biases(self):
         return self.biases if self.biases is not None else -8 * self.scales
@@ -78,46 +85,16 @@ class MoEWeights:
         S = self.shared_gate.weight.shape[0] if self.shared_gate is not None else 0
         self.dims = (H, w2 * 8 // 2, S, E)  # (H, I, S, E); S = 0 without a shared expert
 
-    def _qweights(self):
+    def qweights(self) -> list:
         return [q for q in (self.gate_up, self.down, self.shared_gate, self.shared_up,
                             self.shared_down) if q is not None]
 
-
-# --- reference --------------------------------------------------------------------------
-
-def route_reference(x, router, expert_bias, k: int, rsf: float, norm: bool):
-    """x (N, H) -> expert indices (N, k) and float32 weights (N, k). Float32 throughout."""
-    scores = mx.sigmoid(x.astype(mx.float32) @ router.T)
-    idx = mx.argpartition(-(scores + expert_bias), kth=k - 1, axis=-1)[..., :k]
-    idx = mx.stop_gradient(idx)
-    w = mx.take_along_axis(scores, idx, axis=-1)
-    if norm:
-        w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
-    return idx, w * rsf
-
-
-def _qlinear(x, q: QWeight):
-    return mx.quantized_matmul(x, q.weight, q.scales, q.mlx_biases(), transpose=True,
-                               group_size=GROUP, bits=BITS)
-
-
-def moe_ffn_reference(x: mx.array, w: MoEWeights, k: int) -> mx.array:
-    """Plain-MLX MoE FFN for x (..., H), same dtype out."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    idx, wts = route_reference(x2, w.router, w.expert_bias, k, w.routed_scaling_factor,
-                               w.norm_topk_prob)
-    xe = x2[:, None, None, :]  # (N, 1, 1, H)
-    gu = mx.gather_qmm(xe, w.gate_up.weight, w.gate_up.scales, w.gate_up.mlx_biases(),
-                       rhs_indices=idx, transpose=False, group_size=GROUP, bits=BITS)
-    g, u = mx.split(gu, 2, axis=-1)  # (N, k, 1, I)
-    y = mx.gather_qmm(nn.silu(g) * u, w.down.weight, w.down.scales, w.down.mlx_biases(),
-                      rhs_indices=idx, transpose=False, group_size=GROUP, bits=BITS)
-    out = (y.squeeze(-2) * wts[..., None]).sum(axis=-2).astype(x.dtype)
-    if w.shared_gate is not None:
-        hs = nn.silu(_qlinear(x2, w.shared_gate)) * _qlinear(x2, w.shared_up)
-        out = out + _qlinear(hs, w.shared_down)
-    return out.reshape(shape)
+    def arrays(self) -> list:
+        """Every array of the view (what a cache of it must follow)."""
+        out = [self.router, self.expert_bias]
+        for q in self.qweights():
+            out += [q.weight, q.scales] + ([q.biases] if q.biases is not None else [])
+        return out
 
 
 # --- kernels ----------------------------------------------------------------------------
@@ -141,10 +118,14 @@ def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
     st = w.gate_up.scales.dtype
     if dtype not in _X_DTYPES:
         return f"activation dtype {dtype}"
-    if st not in _S_DTYPES or any(q.scales.dtype != st for q in w._qweights()):
+    if st not in _S_DTYPES or any(q.scales.dtype != st for q in w.qweights()):
         return "scale dtypes differ or are not float16/float32"
-    if any(q.weight.dtype != mx.uint32 for q in w._qweights()):
+    if any(q.weight.dtype != mx.uint32 for q in w.qweights()):
         return "weights are not packed uint32"
+    if any((q.bits, q.group_size, q.mode) != (BITS, GROUP, "affine") for q in w.qweights()):
+        return f"quantization other than {BITS}-bit affine, group size {GROUP}"
+    if any(q.weight.shape[-1] * 32 // BITS != q.scales.shape[-1] * GROUP for q in w.qweights()):
+        return "scales do not match the weights' groups"
     if H % GROUP or I % GROUP or S % GROUP:
         return "H, I, S must be multiples of 32"
     if H > _D["MM_MAX_H"]:
@@ -257,15 +238,23 @@ def _decode(x2, w: MoEWeights, k: int, backend: str, official: bool):
     return y
 
 
+def route(x2, w: MoEWeights, k: int, backend: str):
+    """The routing kernel alone (the prefill path's first launch): x2 (T, H) -> selected
+    experts (T * k,) int32 and their combine weights (T * k,) float32."""
+    T = x2.size // x2.shape[-1]
+    dims, fp, _ = _common(w, T, k)
+    return _build.launch(
+        _k(backend, "route"), [x2, w.router, w.expert_bias, dims, fp],
+        [((T * k,), mx.int32), ((T * k,), mx.float32)], _cdiv(T, _D["MM_NW"]), [("T", x2.dtype)])
+
+
 def _prefill(x2, w: MoEWeights, k: int, backend: str, official: bool):
     T = x2.size // x2.shape[-1]
     H, I, S, E = w.dims
     dims, fp, sh = _common(w, T, k)
     st = w.gate_up.scales.dtype
     BM, BH = _D["MM_BM"], _D["MM_BH"]
-    sel, selw = _build.launch(
-        _k(backend, "route"), [x2, w.router, w.expert_bias, dims, fp],
-        [((T * k,), mx.int32), ((T * k,), mx.float32)], _cdiv(T, _D["MM_NW"]), [("T", x2.dtype)])
+    sel, selw = route(x2, w, k, backend)
     g = E * _cdiv(I, BH) + (_cdiv(T, BM) * _cdiv(S, BH) if S else 0)
     h, hs = _build.launch(
         _k(backend, "gate_up_prefill"),
@@ -283,18 +272,42 @@ def _prefill(x2, w: MoEWeights, k: int, backend: str, official: bool):
     return y
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The path a layer takes: `backend` runs the fused kernels, None the plain-MLX forward;
+    `why` says it in words ("fused int4 kernels (cuda)", "plain MLX (reason)")."""
+
+    backend: Optional[str]
+    why: str
+
+    @property
+    def fused(self) -> bool:
+        return self.backend is not None
+
+
+def plan(w: Union[MoEWeights, str, None], k: int, dtype, backend: Optional[str]) -> Plan:
+    """Where a layer with weights view `w` (or the reason it has none) runs, for top-k `k`,
+    activations of `dtype` and `backend` (gpu_backend(): None without a usable GPU)."""
+    if backend is None:
+        return Plan(None, "plain MLX (" + ("MLX_MOBILEMOE_REFERENCE=1" if reference_forced()
+                                          else "no Metal/CUDA device") + ")")
+    if not _D:
+        raise KernelError(
+            "fused MoE kernels: the kernel sources (metal/*.h) are missing from this install; "
+            "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
+    why = w if isinstance(w, str) else kernel_supported(w, k, dtype)
+    return Plan(None, f"plain MLX ({why})") if why else Plan(backend, f"fused int4 kernels ({backend})")
+
+
 def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
             backend: Optional[str] = None, official: bool = False) -> mx.array:
-    """Fused MoE FFN of x (..., H). path: 'auto' | 'decode' | 'prefill'. backend: None picks
-    the GPU's ('metal'/'cuda') or the reference when there is none or it is forced; a
-    registered name runs that backend. official=True reads the official two's-complement
-    nibbles (weights given as the official bytes viewed as uint32)."""
-    backend = _build.gpu_backend() if backend is None else backend
-    if backend is None or kernel_supported(w, k, x.dtype) is not None:
-        if official:
-            raise ValueError("the reference reads MLX's layout only")
-        return moe_ffn_reference(x, w, k)
-    return _run(x, w, k, backend, path, official)
+    """The fused MoE FFN of x (..., H) on `backend` (None: the GPU's). path: 'auto' |
+    'decode' | 'prefill'. official=True reads the official two's-complement nibbles (weights
+    given as the official bytes viewed as uint32). KernelError where the kernels cannot run."""
+    p = plan(w, k, x.dtype, gpu_backend() if backend is None else backend)
+    if not p.fused:
+        raise KernelError(f"the fused MoE kernels cannot run here: {p.why}")
+    return run(x, w, k, p.backend, path, official)
 
 
 def _decode_sized(x) -> bool:
@@ -302,143 +315,27 @@ def _decode_sized(x) -> bool:
     return x.size <= DECODE_MAX_TOKENS * x.shape[-1]
 
 
-def _run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: bool = False):
-    """The kernels, no checks (moe_ffn and fused_moe check once). Same shape as x."""
+def run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: bool = False):
+    """The kernels, no checks (callers `plan` once). Same shape as x."""
     if path == "auto":
         path = "decode" if _decode_sized(x) else "prefill"
     return (_decode if path == "decode" else _prefill)(x, w, k, backend, official)
 
 
-# --- the model's MoE module -------------------------------------------------------------
-
-class _Memo:
-    """Per-module cache (a plain attribute, not a parameter): the MoEWeights view of the
-    module's arrays, which (k, dtype) the kernels support, and the built functions. `refs`
-    are the (container, key, value) links from the module down to every array the kernels
-    read; the memo holds while each container still holds the same object at its key."""
-
-    def __init__(self, moe):
-        self.refs, self.scalars = _module_refs(moe), self._scalars(moe)
-        self.weights, self.ok, self.fns = weights_from_module(moe), {}, {}
-
-    @staticmethod
-    def _scalars(moe):
-        return moe.routed_scaling_factor, moe.norm_topk_prob
-
-    def valid(self, moe) -> bool:
-        return all(c[k] is v for c, k, v in self.refs) and self.scalars == self._scalars(moe)
-
-
-def _qw(mod) -> Optional[QWeight]:
-    if "scales" not in mod or mod["weight"].dtype != mx.uint32:
-        return None
-    attrs = mod.__dict__  # nn.QuantizedLinear records these; the model's expert class does not
-    if attrs.get("bits", BITS) != BITS or attrs.get("group_size", GROUP) != GROUP \
-            or attrs.get("mode", "affine") != "affine":
-        return None
-    if mod["weight"].shape[-1] * 32 // BITS != mod["scales"].shape[-1] * GROUP:
-        return None
-    return QWeight(mod["weight"], mod["scales"], mod.get("biases"))
-
-
-def _symmetric(q: QWeight) -> bool:
-    return q.biases is None or mx.array_equal(q.biases, -8 * q.scales).item()
-
-
-def weights_from_module(moe) -> Optional[MoEWeights]:
-    """MoEWeights of a quantized `mlx_mobilemoe.model.MoE`, or None if it is not one the
-    kernels can read (float or LoRA-wrapped experts, other bit widths, biases != -8 * scales)."""
-    sh = moe.shared_expert
-    mods = [moe.experts.gate_up, moe.experts.down]
-    if sh is not None:
-        mods += [sh.gate_proj, sh.up_proj, sh.down_proj]
-    qs = [_qw(m) for m in mods]
-    if None in qs or not all(_symmetric(q) for q in qs):
-        return None
-    qs += [None] * (5 - len(qs))
-    return MoEWeights(moe.router["weight"], moe.expert_bias, *qs, moe.routed_scaling_factor,
-                      moe.norm_topk_prob)
-
-
-def _module_refs(moe) -> list:
-    """(container, key, value) for each module on the way to, and each array read by, the
-    kernels (item access: Module.__getattr__ is slow)."""
-    refs = []
-
-    def walk(parent, key):
-        child = parent[key]
-        refs.append((parent, key, child))
-        return child
-
-    walk(moe, "expert_bias")
-    mods = [walk(moe, "router")]
-    ex = walk(moe, "experts")
-    mods += [walk(ex, "gate_up"), walk(ex, "down")]
-    if "shared_expert" in moe:
-        sh = walk(moe, "shared_expert")
-        mods += [walk(sh, n) for n in ("gate_proj", "up_proj", "down_proj")]
-    for m in mods:
-        for k in list(m.keys()):
-            if isinstance(m[k], mx.array):
-                walk(m, k)
-    return refs
-
-
-def fused_moe(moe, x: mx.array) -> Optional[mx.array]:
-    """The fused forward of the model's MoE module on x (..., H), or None when the kernels
-    do not apply (no GPU backend, reference forced, float or unsupported weights).
-    Differentiable in x: the gradient is the reference's (custom kernels have no VJP)."""
-    backend = _build.gpu_backend()
-    if backend is None:
-        return None
-    if not _D:
-        raise RuntimeError(
-            "fused MoE kernels: the kernel sources (metal/*.h) are missing from this install; "
-            "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
-    memo = moe.__dict__.get("_mm_memo")
-    if memo is None or not memo.valid(moe):
-        memo = _Memo(moe)
-        object.__setattr__(moe, "_mm_memo", memo)
-    w, k = memo.weights, moe.num_experts_per_tok
-    if w is None:
-        return None
-    if (k, x.dtype) not in memo.ok:
-        memo.ok[(k, x.dtype)] = kernel_supported(w, k, x.dtype) is None
-    if not memo.ok[(k, x.dtype)]:
-        return None
-    fn = memo.fns.get((k, backend))
-    if fn is None:
-        fn = memo.fns[(k, backend)] = _with_reference_vjp(w, k, backend)
-    return fn(x)
-
-
-def moe_path(moe, dtype) -> str:
-    """Which path the model's MoE module takes for activations of `dtype`, in words: the fused
-    kernels ("fused int4 kernels (cuda)") or the plain-MLX reference, and why."""
-    backend = _build.gpu_backend()
-    if backend is None:
-        return "plain MLX (" + ("MLX_MOBILEMOE_REFERENCE=1" if _build.reference_forced()
-                                else "no Metal/CUDA device") + ")"
-    w = weights_from_module(moe)
-    if w is None:
-        return "plain MLX (float or non-symmetric-int4 experts: the kernels need int4)"
-    why = kernel_supported(w, moe.num_experts_per_tok, dtype)
-    return f"plain MLX ({why})" if why else f"fused int4 kernels ({backend})"
-
-
-def _with_reference_vjp(w: MoEWeights, k: int, backend: str):
-    """The kernels as a differentiable function of x (the gradient is the reference's). At
-    decode sizes it is called through `mx.compile`: decode runs once per token per layer
-    with the same few shapes, and replaying the traced graph skips rebuilding it in Python
-    (the custom_function, both launches and their small constant inputs), which costs more
-    host time than the kernels take on the GPU. `mx.compile` keeps the custom VJP."""
+def differentiable(w: MoEWeights, k: int, backend: str, reference: Callable):
+    """The kernels as a differentiable function of x whose gradient is `reference`'s (the
+    plain-MLX forward of the same layer; custom kernels have no VJP). At decode sizes it is
+    called through `mx.compile`: decode runs once per token per layer with the same few
+    shapes, and replaying the traced graph skips rebuilding it in Python (the
+    custom_function, both launches and their small constant inputs), which costs more host
+    time than the kernels take on the GPU. `mx.compile` keeps the custom VJP."""
     @mx.custom_function
     def f(x):
-        return _run(x, w, k, backend)
+        return run(x, w, k, backend)
 
     @f.vjp
     def f_vjp(primals, cotangent, output):  # one primal: MLX passes the array itself
-        return mx.vjp(lambda v: moe_ffn_reference(v, w, k), [primals], [cotangent])[1][0]
+        return mx.vjp(reference, [primals], [cotangent])[1][0]
 
     decode = mx.compile(f)
 

@@ -28,13 +28,14 @@ LORA_DEFAULTS = {
     "targets": ["attention", "experts"],  # also: "shared_expert"
 }
 
-QAT_DEFAULTS = {  # the qat stage (mlx_mobilemoe/train/qat_stage.py, docs/quantization.md)
+QAT_DEFAULTS = {  # the qat stage (train/stages.py, docs/quantization.md)
     "scales": "learned",  # "learned": LSQ log-scales; "dynamic": absmax / 7 every step
     "init": "mse",  # learned scales start from the per-group MSE search ("rtn": absmax / 7)
     "act_bits": 8,  # per-token dynamic INT8 fake quantization of linear inputs; 0 = off
 }
 
-# Defaults that differ by stage (applied under the YAML file).
+# Defaults that differ by stage (applied under the YAML file); every stage of
+# stages.STAGES has an entry, which is what makes its name known.
 STAGE_DEFAULTS = {
     "pretrain": {"moe": {"dispatch": "drop"}},
     "midtrain": {"moe": {"dispatch": "drop"}, "seq_len": 1024},
@@ -135,7 +136,7 @@ def make_config(file_values: Optional[dict] = None, overrides=(), **kwargs) -> T
         user = _merge(user, parse_override(item))
     user = _merge(user, kwargs)
     stage = user.get("stage", "pretrain")
-    if stage not in STAGE_DEFAULTS and stage not in _extra_stage_names():
+    if stage not in STAGE_DEFAULTS:
         raise TrainConfigError(f"unknown stage {stage!r}")
     values = {"moe": dict(MOE_DEFAULTS), "lora": dict(LORA_DEFAULTS), "qat": dict(QAT_DEFAULTS)}
     values = _merge(values, STAGE_DEFAULTS.get(stage, {}))
@@ -190,12 +191,6 @@ def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
         if not isinstance(values, dict):
             raise TrainConfigError(f"{p}: a stage file is a YAML mapping")
     return make_config(values, overrides, **kwargs)
-
-
-def _extra_stage_names():
-    from .stages import STAGES  # late: stages may be registered by other modules
-
-    return STAGES
 
 
 def validate(cfg: TrainConfig) -> None:

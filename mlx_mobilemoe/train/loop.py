@@ -32,7 +32,8 @@ from .. import checkpoint
 from ..model import Model
 from .config import TrainConfig
 from .distributed import World
-from .moe import balance_biases, forward, load_summary
+from ..moe import MoEOptions
+from .moe import balance_biases, load_summary
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "chat_template.jinja")
@@ -124,7 +125,8 @@ class Trainer:
         cfg, model, moe = self.cfg, self.model, self.cfg.moe
 
         def loss_fn(x, y, m):
-            logits, st = forward(model, x, moe["dispatch"], moe["capacity_factor"])
+            logits, st = model(x, moe=MoEOptions(moe["dispatch"], moe["capacity_factor"],
+                                                  stats=True))
             ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
             ntok = m.sum()
             ce_sum = (ce * m).sum()
@@ -153,7 +155,7 @@ class Trainer:
             balance_biases(model, load, moe["balance_gamma"])
 
         def eval_loss(x, y, m):
-            logits, _ = forward(model, x, "dropless", with_stats=False)
+            logits = model(x, moe=MoEOptions("dropless"))
             ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
             return (ce * m).sum(), m.sum()
 

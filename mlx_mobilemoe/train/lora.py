@@ -15,7 +15,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
-from ..model import ExpertLinear, Model
+from ..model import Model
+from ..moe import ExpertLinear
 
 TARGETS = ("attention", "experts", "shared_expert")
 

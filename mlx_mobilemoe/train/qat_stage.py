@@ -1,4 +1,5 @@
-"""The qat stage: quantization-aware training from a float checkpoint.
+"""The qat stage's run files: quantization-aware training from a float checkpoint (the stage
+itself is `stages.qat`).
 
     python -m mlx_mobilemoe.train stage=qat model=FLOAT_CKPT data=... out=runs/qat
 
@@ -22,11 +23,6 @@ import mlx.core as mx
 from .. import checkpoint
 from .. import qat as Q
 from ..model import Model
-from . import data as D
-from .distributed import World
-from .loop import Trainer
-from .stages import StageError, _chat_data, _lm_eval_sets, _prepared_domains, _summary, \
-    build_model
 
 
 @contextmanager
@@ -35,31 +31,9 @@ def int4_view(model):
     yield Q.to_int4(model)
 
 
-def _options(q: dict) -> dict:
+def qat_options(q: dict) -> dict:
+    """mlx_mobilemoe.qat.to_qat's keywords from a config's `qat` section."""
     return dict(scales=q["scales"], init=q["init"], act_bits=q["act_bits"] or None)
-
-
-def qat(cfg, resume: bool = False) -> dict:
-    world = World()
-    mx.random.seed(cfg.seed)
-    model, tok_dir, from_ckpt = build_model(cfg, world)
-    if not from_ckpt:
-        raise StageError("qat starts from a trained float checkpoint: set model to a folder")
-    if model.args.is_quantized:
-        raise StageError("qat needs the float (BF16) checkpoint; this one is already int4")
-    try:
-        Q.to_qat(model, **_options(cfg.qat))
-    except ValueError as e:
-        raise StageError(f"qat settings: {e}") from None
-    if D.is_chat_data(cfg.data):
-        tok_dir, data, evals = _chat_data(cfg, model, tok_dir, world)
-    else:
-        domains, weights = _prepared_domains(cfg, tok_dir, world)
-        data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed)
-        evals = _lm_eval_sets(domains, cfg.seq_len)
-    trainer = Trainer(cfg, model, data, tok_dir, evals, save_view=int4_view, world=world,
-                      resume=resume)
-    return _summary(cfg, model, trainer.run())
 
 
 def is_qat_run(folder) -> bool:
@@ -74,7 +48,7 @@ def load_qat_run(folder) -> Model:
     folder = Path(folder)
     settings = yaml.safe_load((folder / "train_config.yaml").read_text())
     args = dataclasses.replace(checkpoint.load_config(folder), quantization=None)
-    model = Q.to_qat(Model(args), **dict(_options(settings["qat"]), init="rtn"))
+    model = Q.to_qat(Model(args), **dict(qat_options(settings["qat"]), init="rtn"))
     params = mx.load(str(folder / "train_state" / "params.safetensors"))
     model.load_weights(list(params.items()), strict=True)
     mx.eval(model.parameters())

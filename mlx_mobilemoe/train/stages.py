@@ -1,6 +1,6 @@
-"""The stages: pretrain, midtrain, sft, lora. `STAGES` maps a stage name to a function
-`run(cfg, resume=False) -> summary dict`; a new stage registers itself there (and may add
-its defaults to `config.STAGE_DEFAULTS`)."""
+"""The stages: pretrain, midtrain, sft, lora, qat. `STAGES` maps a stage name to a function
+`run(cfg, resume=False) -> summary dict`; a new stage adds itself there and its defaults
+(possibly none) to `config.STAGE_DEFAULTS`, which is what makes its name known."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import checkpoint
+from .. import qat as Q
 from ..config import PRESETS, ModelArgs
 from ..model import Model
 from . import data as D
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .distributed import World
 from .lora import apply_lora, fused_view
 from .loop import Trainer
+from .qat_stage import int4_view, qat_options
 
 
 class StageError(ValueError):
@@ -232,6 +234,16 @@ def _chat_data(cfg, model, tok_dir, world):
     return tok_dir, data, _chat_eval_sets(val, data)
 
 
+def _stage_data(cfg, model, tok_dir, world):
+    """(tokenizer folder, data, eval sets): chat jsonl through the chat template, else packed
+    text windows (line-aligned when cfg.align says so)."""
+    if D.is_chat_data(cfg.data):
+        return _chat_data(cfg, model, tok_dir, world)
+    domains, weights = _prepared_domains(cfg, tok_dir, world)
+    data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed, align=cfg.align)
+    return tok_dir, data, _lm_eval_sets(domains, cfg.seq_len)
+
+
 def sft(cfg: TrainConfig, resume: bool = False) -> dict:
     """Chat data through the chat template, loss on assistant tokens, dropless dispatch."""
     world = World()
@@ -254,18 +266,30 @@ def lora(cfg: TrainConfig, resume: bool = False) -> dict:
     lc = cfg.lora
     apply_lora(model, rank=int(lc["rank"]), alpha=float(lc["alpha"]),
                dropout=float(lc["dropout"]), targets=lc["targets"])
-    if D.is_chat_data(cfg.data):
-        tok_dir, data, evals = _chat_data(cfg, model, tok_dir, world)
-    else:
-        domains, weights = _prepared_domains(cfg, tok_dir, world)
-        data = D.PackedData(domains, weights, cfg.seq_len, cfg.seed, align=cfg.align)
-        evals = _lm_eval_sets(domains, cfg.seq_len)
+    tok_dir, data, evals = _stage_data(cfg, model, tok_dir, world)
     trainer = Trainer(cfg, model, data, tok_dir, evals, save_view=fused_view, world=world,
                       resume=resume)
     return _summary(cfg, model, trainer.run())
 
 
-STAGES = {"pretrain": pretrain, "midtrain": midtrain, "sft": sft, "lora": lora}
+def qat(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Quantization-aware training from a float checkpoint (train/qat_stage.py): the model in
+    fake-quant form, checkpoints written as the int4 model of it."""
+    world = World()
+    mx.random.seed(cfg.seed)
+    model, tok_dir, from_ckpt = build_model(cfg, world)
+    if not from_ckpt:
+        raise StageError("qat starts from a trained float checkpoint: set model to a folder")
+    if model.args.is_quantized:
+        raise StageError("qat needs the float (BF16) checkpoint; this one is already int4")
+    try:
+        Q.to_qat(model, **qat_options(cfg.qat))
+    except ValueError as e:
+        raise StageError(f"qat settings: {e}") from None
+    tok_dir, data, evals = _stage_data(cfg, model, tok_dir, world)
+    trainer = Trainer(cfg, model, data, tok_dir, evals, save_view=int4_view, world=world,
+                      resume=resume)
+    return _summary(cfg, model, trainer.run())
 
-from .qat_stage import qat  # noqa: E402  (issue 4; it uses the helpers above)
-STAGES["qat"] = qat
+
+STAGES = {"pretrain": pretrain, "midtrain": midtrain, "sft": sft, "lora": lora, "qat": qat}
