@@ -35,3 +35,16 @@ def tiny_qat(tmp_path, tokenizer_dir):
     tensors = official.write_checkpoint(d, official.TINY, qat=True, seed=1)
     add_tokenizer(d, tokenizer_dir)
     return d, tensors
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say why tests were skipped: most need a GPU, which CI and Linux laptops do not have."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    gpu = sum(1 for r in skipped if "GPU" in str(r.longrepr))
+    if gpu:
+        import mlx.core as mx
+        terminalreporter.write_line(
+            f"{gpu} skipped test(s) need a Metal or CUDA GPU (MLX runs on "
+            f"{mx.default_device()} here): the fused-kernel parity suite. Run "
+            "`python -m pytest tests/test_kernels.py` on a Mac or with mlx[cuda]; the last GPU "
+            "logs are in docs/gpu-logs/.")
