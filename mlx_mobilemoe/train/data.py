@@ -10,6 +10,7 @@ checkpoint is just the step and `--resume` replays the same batches.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -342,13 +343,19 @@ def eval_windows(tokens: np.ndarray, seq_len: int, batch_size: int,
 def render_chat(template: str, messages: list, add_generation_prompt: bool = False,
                 **specials) -> str:
     """Render a chat template the way transformers does (sandboxed jinja2, trimmed blocks)."""
+    return _compiled_template(template).render(messages=messages,
+                                               add_generation_prompt=add_generation_prompt,
+                                               **specials)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_template(template: str):
+    """Compiling costs milliseconds; an SFT set renders each conversation several times."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=["jinja2.ext.loopcontrols"])
-    return env.from_string(template).render(messages=messages,
-                                            add_generation_prompt=add_generation_prompt,
-                                            **specials)
+    return env.from_string(template)
 
 
 def chat_template_of(tok_dir: Path) -> Optional[str]:
