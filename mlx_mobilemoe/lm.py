@@ -54,11 +54,13 @@ def register() -> None:
         if asked:                                                        # False defaults
             raise ValueError(f"MobileMoE: these mlx-lm model options are not supported: "
                              f"{asked}")
-        model = checkpoint.load_model(Path(model_path))
-        config = U.load_config(Path(model_path))
-        # mlx-lm builds the tokenizer's stop set from the config's eos ids: give it all of
-        # ours (config.json and generation_config.json).
-        config["eos_token_id"] = model.args.eos_token_ids
+        folder = Path(model_path)
+        model = checkpoint.load_model(folder, dtype=None)  # the checkpoint's own dtype
+        config = U.load_config(folder)
+        # Tools that read the config's eos ids see all of ours (config.json and
+        # generation_config.json), as our tokenizer does.
+        config["eos_token_id"] = list(dict.fromkeys(
+            model.args.eos_token_ids + checkpoint.generation_eos_ids(folder, model.args)))
         return model, config
 
     def load_tokenizer(model_path, tokenizer_config_extra=None, eos_token_ids=None, **kwargs):

@@ -46,8 +46,14 @@ def test_python_api_mlx_lm_load(tiny_qat):
     assert isinstance(text, str)
 
 
-def test_mlx_lm_generate_cli(tiny_qat):
-    folder, _ = tiny_qat
+@pytest.mark.parametrize("qat", [True, False], ids=["qat", "bf16"])
+def test_mlx_lm_generate_cli(qat, tmp_path, tokenizer_dir):
+    import official
+    from conftest import add_tokenizer
+
+    folder = tmp_path / "ckpt"
+    official.write_checkpoint(folder, official.TINY, qat=qat, seed=3)
+    add_tokenizer(folder, tokenizer_dir)
     out = ok(lm("generate", "--model", folder, "--prompt", "hello", "--max-tokens", "4",
                 "--temp", "0"))
     assert "Generation: " in out and "tokens-per-sec" in out
