@@ -166,14 +166,19 @@ class Model(nn.Module):
     def make_cache(self):
         return [KVCache() for _ in self.layers]
 
-    def set_experts_per_token(self, k: int) -> None:
-        """Inference-time override of top-k (adaptive compute); k = None restores the config."""
-        k = self.args.num_experts_per_tok if k is None else k
-        if not 1 <= k <= self.args.num_local_experts:
-            raise ValueError(f"experts per token must be in 1..{self.args.num_local_experts}, "
-                             f"got {k}")
-        for layer in self.layers:
-            layer.feed_forward.num_experts_per_tok = k
+    def set_experts_per_token(self, k) -> None:
+        """Inference-time override of top-k (adaptive compute): an int for every layer or a
+        list with one per layer; None restores the config."""
+        ks = k if isinstance(k, (list, tuple)) else [k] * len(self.layers)
+        if len(ks) != len(self.layers):
+            raise ValueError(f"experts per token: {len(ks)} values for {len(self.layers)} layers")
+        ks = [self.args.num_experts_per_tok if v is None else v for v in ks]
+        for v in ks:
+            if not 1 <= v <= self.args.num_local_experts:
+                raise ValueError(f"experts per token must be in 1..{self.args.num_local_experts}"
+                                 f", got {v}")
+        for layer, v in zip(self.layers, ks):
+            layer.feed_forward.num_experts_per_tok = v
 
     def set_dtype(self, dtype) -> None:
         """Activations (and float weights other than the float32 router) in `dtype`."""

@@ -52,16 +52,39 @@ class MoEOptions:
 INFERENCE = MoEOptions()
 
 
-def route(logits, expert_bias, k: int, scaling: float, norm: bool):
+def route(logits, expert_bias, k: int, scaling: float, norm: bool, top_p=None, token_k=None):
     """Router logits (N, E) float32 -> expert indices (N, k) uint32 and float32 combine
-    weights (N, k): top-k of sigmoid(logits) + bias; the bias selects, never weights."""
+    weights (N, k): top-k of sigmoid(logits) + bias; the bias selects, never weights.
+    Adaptive compute (mlx_mobilemoe/adaptive.py): top_p and/or token_k (N,) give weight 0 to
+    some of the k selected experts (`adaptive_keep`) before the renormalisation."""
     scores = mx.sigmoid(logits)
     idx = mx.argpartition(-(scores + expert_bias), kth=k - 1, axis=-1)[..., :k]
     idx = mx.stop_gradient(idx.astype(mx.uint32))
     w = mx.take_along_axis(scores, idx, axis=-1)
+    if top_p is not None or token_k is not None:
+        w = w * adaptive_keep(w, top_p, token_k)
     if norm:
         w = w / (w.sum(axis=-1, keepdims=True) + 1e-20)
     return idx, w * scaling
+
+
+def adaptive_keep(w, top_p=None, token_k=None):
+    """Mask (N, k) over the selected experts' scores w (N, k): an expert is kept when the
+    renormalised weight of the experts scoring above it is still below top_p (the smallest
+    set reaching top_p; the best expert always stays) and its rank is below token_k (N,)."""
+    k = w.shape[-1]
+    order = mx.argsort(-w, axis=-1)
+    rank = mx.argsort(order, axis=-1)  # 0 = highest score
+    keep = mx.ones(w.shape, dtype=mx.bool_)
+    if top_p is not None:
+        ws = mx.take_along_axis(w, order, axis=-1)
+        ws = ws / (ws.sum(axis=-1, keepdims=True) + 1e-20)
+        before = mx.cumsum(ws, axis=-1) - ws  # mass of the experts ranked above
+        keep = mx.take_along_axis(before < top_p, rank, axis=-1)
+    if token_k is not None:
+        tk = mx.array(token_k).reshape(-1, 1) if not isinstance(token_k, int) else token_k
+        keep = keep & (rank < mx.minimum(tk, k))
+    return mx.stop_gradient(keep.astype(w.dtype))
 
 
 def router_stats(logits, idx, keep) -> dict:
@@ -221,6 +244,10 @@ class MoE(nn.Module):
         self.experts = Experts(num_experts, hidden, intermediate, quantized)
         self.shared_expert = MLP(hidden, shared, quantized) if shared else None
         self._memo = None
+        # Adaptive compute: per-token masks on the k selected experts (`adaptive_keep`).
+        # The kernels take one k per call, so a block with either set runs unfused.
+        self.top_p = None
+        self.token_k = None
 
     @classmethod
     def from_args(cls, args) -> "MoE":
@@ -244,7 +271,8 @@ class MoE(nn.Module):
     def route(self, x):
         """x (..., H) -> expert indices (..., k) uint32 and float32 combine weights (..., k)."""
         return route(self.router(x.astype(mx.float32)), self.expert_bias,
-                     self.num_experts_per_tok, self.routed_scaling_factor, self.norm_topk_prob)
+                     self.num_experts_per_tok, self.routed_scaling_factor, self.norm_topk_prob,
+                     self.top_p, self.token_k)
 
     def kernel_weights(self) -> Union[K.MoEWeights, str]:
         """The kernels' view of this block's arrays, or why there is none."""
@@ -272,6 +300,9 @@ class MoE(nn.Module):
         backend = K.gpu_backend()
         if backend is None:  # no need to look at the weights
             return K.plan(None, self.num_experts_per_tok, dtype, None)
+        if self.top_p is not None or self.token_k is not None:
+            return K.Plan(None, "plain MLX (per-token expert masks: the kernels take one k "
+                                "per call)")
         memo = self._kernels()
         key = (self.num_experts_per_tok, dtype, backend)
         if key not in memo.plans:
@@ -295,7 +326,7 @@ class MoE(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         logits = self.router(x2.astype(mx.float32))  # (N, E)
         idx, w = route(logits, self.expert_bias, self.num_experts_per_tok,
-                       self.routed_scaling_factor, self.norm_topk_prob)
+                       self.routed_scaling_factor, self.norm_topk_prob, self.top_p, self.token_k)
         keep = None
         if opts.dispatch == "drop":
             y, keep = self.experts.drop_and_pad(x2, idx, opts.capacity_factor)

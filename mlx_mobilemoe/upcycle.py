@@ -18,8 +18,10 @@ exactly (noise 0, router 0):
   layers): softmax routing, weight 1/E each, so the routed experts' down_proj is scaled by R.
   With R = 1 (copies) the top-k weights are renormalised and any k gives the dense FFN.
 - mobilemoe (our layout: fused kernels, MobileMoEKit, the trainer): sigmoid routing, score
-  1/2 each; R = 1: renormalised top-k weights (any k gives the dense FFN); R > 1: no
-  renormalisation and routed_scaling_factor = 2 / C. Needs every layer upcycled, tied
+  1/2 each; R = 1: renormalised top-k weights (any k gives the dense FFN), except top-1:
+  no renormalisation and routed_scaling_factor 2 (sigmoid(0) x 2 = 1 at the configured k,
+  and the router still gets a gradient); R > 1: no renormalisation and
+  routed_scaling_factor = 2 / C (exact with every expert active). Needs every layer upcycled, tied
   embeddings, no attention bias, RoPE without scaling or llama3 scaling, and (Qwen3) unit
   q_norm / k_norm weights, since MobileMoE's qk-norm is weightless. The RoPE rows of q_proj
   and k_proj are permuted from the half-split rotation to adjacent pairs (same scores).
@@ -217,11 +219,64 @@ def to_hf(cfg: dict, weights: dict, plan: Plan) -> tuple[dict, dict]:
 
 # --- MobileMoE output -------------------------------------------------------------------
 
-def _rope_rows(w, n_heads: int, hd: int):
+def _rope_rows(w, n_heads: int, hd: int, inverse: bool = False):
     """Permute each head's output rows from half-split RoPE pairs (d, d + hd/2) to adjacent
     pairs (2d, 2d + 1): the MobileMoE kernel's `traditional` rotation. q.k is unchanged."""
     perm = np.stack([np.arange(hd // 2), np.arange(hd // 2) + hd // 2], axis=1).reshape(-1)
+    if inverse:
+        perm = np.argsort(perm)
     return w.reshape(n_heads, hd, -1)[:, mx.array(perm)].reshape(n_heads * hd, -1)
+
+
+def dense_to_qwen3(model, out, tokenizer_dir=None) -> Path:
+    """Write a dense MobileMoE model (one expert, k = 1, no shared expert, RoPE on every
+    layer, qk-norm, no RoPE scaling) as the Hugging Face Qwen3 checkpoint it equals: q_norm /
+    k_norm weights one, RoPE rows back in half-split order, the expert as the MLP."""
+    a = model.args
+    ok = (a.num_local_experts == 1 and a.num_experts_per_tok == 1 and not a.intermediate_size_mlp
+          and a.norm_topk_prob and a.routed_scaling_factor == 1.0 and a.use_qk_norm
+          and all(a.uses_rope(i) for i in range(a.num_hidden_layers)) and not a.rope_scaling
+          and not a.is_quantized)
+    if not ok:
+        raise ConfigError("only a float dense MobileMoE (1 expert, top-1, no shared expert, RoPE "
+                          "and qk-norm on every layer, no RoPE scaling) is a Qwen3 model")
+    H, I, hd = a.hidden_size, a.intermediate_size, a.head_dim
+    bf = mx.bfloat16
+    m = model.model
+    w = {"model.embed_tokens.weight": m.embed_tokens.weight.astype(bf),
+         "model.norm.weight": m.norm.weight.astype(bf)}
+    for i, layer in enumerate(m.layers):
+        p = f"model.layers.{i}"
+        at, ff = layer.self_attn, layer.feed_forward
+        w[f"{p}.input_layernorm.weight"] = layer.input_layernorm.weight.astype(bf)
+        w[f"{p}.post_attention_layernorm.weight"] = layer.post_attention_layernorm.weight.astype(bf)
+        for n, heads in (("q", a.num_attention_heads), ("k", a.num_key_value_heads)):
+            t = getattr(at, f"{n}_proj").weight
+            w[f"{p}.self_attn.{n}_proj.weight"] = _rope_rows(t, heads, hd, inverse=True).astype(bf)
+            w[f"{p}.self_attn.{n}_norm.weight"] = mx.ones((hd,), bf)
+        for n in ("v", "o"):
+            w[f"{p}.self_attn.{n}_proj.weight"] = getattr(at, f"{n}_proj").weight.astype(bf)
+        gu = ff.experts.gate_up.weight[0]  # [H, 2I]
+        w[f"{p}.mlp.gate_proj.weight"] = gu[:, :I].T.astype(bf)
+        w[f"{p}.mlp.up_proj.weight"] = gu[:, I:].T.astype(bf)
+        w[f"{p}.mlp.down_proj.weight"] = ff.experts.down.weight[0].T.astype(bf)
+    cfg = dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=H,
+               intermediate_size=I, num_hidden_layers=a.num_hidden_layers,
+               num_attention_heads=a.num_attention_heads,
+               num_key_value_heads=a.num_key_value_heads, head_dim=hd,
+               rms_norm_eps=a.rms_norm_eps, vocab_size=a.vocab_size,
+               max_position_embeddings=a.max_position_embeddings, rope_theta=a.rope_theta,
+               tie_word_embeddings=True, attention_bias=False, torch_dtype="bfloat16",
+               bos_token_id=a.bos_token_id, eos_token_id=a.eos_token_id)
+    out = Path(out)
+    with atomic_folder(out) as tmp:
+        mx.save_safetensors(str(tmp / "model.safetensors"), w, metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        if tokenizer_dir is not None:
+            for f in Path(tokenizer_dir).iterdir():
+                if f.is_file() and f.name.startswith(("tokenizer", "special_tokens")):
+                    shutil.copy2(f, tmp / f.name)
+    return out
 
 
 def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
@@ -257,6 +312,12 @@ def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
     rs = cfg.get("rope_scaling")
     if rs and rs.get("rope_type", rs.get("type")) == "default":
         rs = None
+    if R == 1 and plan.top_k == 1:  # one expert at sigmoid(0) * 2 = 1, and the router learns
+        norm, rsf = False, 2.0
+    elif R == 1:  # renormalised copies: any k
+        norm, rsf = True, 1.0
+    else:  # every expert at 1/2 * 2/C: C copies of each slice add up to it once
+        norm, rsf = False, 2.0 / C
     args = ModelArgs.from_dict(dict(
         vocab_size=cfg["vocab_size"], hidden_size=H, intermediate_size=w,
         intermediate_size_mlp=S * w, num_hidden_layers=L, num_attention_heads=nh,
@@ -264,7 +325,7 @@ def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
         num_experts_per_tok=plan.top_k, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
         rope_theta=cfg.get("rope_theta", 10000.0), rope_scaling=rs,
         max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-        routed_scaling_factor=1.0 if R == 1 else 2.0 / C, norm_topk_prob=R == 1,
+        routed_scaling_factor=rsf, norm_topk_prob=norm,
         use_qk_norm=fam == "qwen3", tie_word_embeddings=True,
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id")))
     f32 = mx.float32

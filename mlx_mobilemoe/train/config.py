@@ -90,6 +90,9 @@ class TrainConfig:
     stop_after: Optional[int] = None  # stop (with a checkpoint) after this step, as if killed
     max_bad_steps: int = 3  # consecutive non-finite steps before giving up
     compile: bool = True
+    # Train only the parameters under these module names (e.g. [router]: the routers of an
+    # upcycled model, docs/upcycling.md); None: everything the stage trains.
+    trainable: Optional[list] = None
     moe: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
     qat: dict = field(default_factory=dict)
@@ -206,6 +209,9 @@ def validate(cfg: TrainConfig) -> None:
         bad(f"moe.dispatch must be 'drop' or 'dropless', got {cfg.moe['dispatch']!r}")
     if cfg.moe["capacity_factor"] <= 0:
         bad("moe.capacity_factor must be > 0")
+    if cfg.trainable is not None and (not isinstance(cfg.trainable, list) or not all(
+            isinstance(t, str) and t for t in cfg.trainable) or not cfg.trainable):
+        bad(f"trainable must be a non-empty list of module names, got {cfg.trainable!r}")
     if cfg.align not in (None, "line"):
         bad(f"align must be null or 'line', got {cfg.align!r}")
     if not 0 < cfg.val_fraction < 1:

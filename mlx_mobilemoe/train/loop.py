@@ -43,6 +43,22 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss keeps coming out non-finite)."""
 
 
+def freeze_except(model, names) -> None:
+    """Freeze every parameter except those of modules whose path ends with one of `names`
+    (e.g. "router"): router-only training of an upcycled model. Unknown names are an error."""
+    model.freeze()
+    hit = set()
+    for path, mod in model.named_modules():
+        last = path.rsplit(".", 1)[-1]
+        if last in names:
+            mod.unfreeze()
+            hit.add(last)
+    missing = sorted(set(names) - hit)
+    if missing:
+        raise TrainingError(f"trainable: no module named {', '.join(missing)} in the model")
+    model.freeze(keys=["expert_bias"])  # moved by the balancing rule, not by gradient
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup over `warmup` steps, then cosine down to lr * min_lr_ratio at `total`."""
     if cfg.warmup and step < cfg.warmup:
@@ -111,6 +127,8 @@ class Trainer:
         self.bad = 0
         self.progress = Progress(self.total, cfg.log_every, self.world.is_main)
         model.freeze(keys=["expert_bias"])  # moved by the balancing rule, not by gradient
+        if cfg.trainable:
+            freeze_except(model, cfg.trainable)
         model.train()
         self.opt = optim.AdamW(learning_rate=cfg.lr, betas=list(cfg.betas), eps=1e-8,
                                weight_decay=cfg.weight_decay)
