@@ -297,12 +297,12 @@ class MoE(nn.Module):
 
     def plan(self, dtype) -> K.Plan:
         """Which path an "auto" forward of activations in `dtype` takes, and why."""
-        backend = K.gpu_backend()
-        if backend is None:  # no need to look at the weights
-            return K.plan(None, self.num_experts_per_tok, dtype, None)
         if self.top_p is not None or self.token_k is not None:
             return K.Plan(None, "plain MLX (per-token expert masks: the kernels take one k "
                                 "per call)")
+        backend = K.gpu_backend()
+        if backend is None:  # no need to look at the weights
+            return K.plan(None, self.num_experts_per_tok, dtype, None)
         memo = self._kernels()
         key = (self.num_experts_per_tok, dtype, backend)
         if key not in memo.plans:

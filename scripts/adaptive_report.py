@@ -194,7 +194,6 @@ def speed(size: str, tokens: int, rounds: int, ps) -> dict:
     from mlx_lm.generate import generate_step
 
     from mlx_mobilemoe import preset
-    from mlx_mobilemoe.kernels.moe import moe_path
     from mlx_mobilemoe.model import quantize_model
 
     try:
@@ -247,8 +246,7 @@ def speed(size: str, tokens: int, rounds: int, ps) -> dict:
             row["j_per_token_above_idle"] = statistics.median(
                 x["j_per_token"] - idle / x["tps"] for x in r)
         setting(model, s)
-        row["path"] = moe_path(model.layers[0].feed_forward, mx.float16) if "p" not in s else \
-            "plain MLX (per-token p masks route outside the kernels)"
+        row["path"] = model.layers[0].feed_forward.plan(mx.float16).why
         setting(model, {})
         row.update(expert_cost(model.args, s.get("k", k_cfg)))
         rows.append(row)

@@ -10,7 +10,8 @@ import pytest
 
 from mlx_mobilemoe import adaptive as A
 from mlx_mobilemoe.config import preset
-from mlx_mobilemoe.model import Model, adaptive_keep
+from mlx_mobilemoe.model import Model
+from mlx_mobilemoe.moe import adaptive_keep
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "swift/MobileMoEKit/Sources/MobileMoEKit/Policy"
@@ -55,7 +56,9 @@ def test_per_token_modes_route_through_the_one_routing_function():
     m2.set_experts_per_token(2)
     assert mx.allclose(m(x), m2(x), atol=1e-5)  # token_k = 2 everywhere == global k = 2
     assert "token_k" not in m.layers[0].feed_forward  # not a parameter
+    assert "per-token" in m.layers[0].feed_forward.plan(mx.float16).why  # the dispatcher says
     A.set_adaptive(m)
+    assert "per-token" not in m.layers[0].feed_forward.plan(mx.float16).why
     assert mx.allclose(m(x), full)
     m.set_experts_per_token([1, 4])
     assert [lay.feed_forward.num_experts_per_tok for lay in m.layers] == [1, 4]
