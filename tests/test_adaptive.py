@@ -164,3 +164,24 @@ def test_entropy_gated_decode_uses_fewer_experts_when_sure():
     _, ks2 = dec_hot(m, [2, 3, 4], 3)
     assert ks2 == [2, 2, 2]
     assert m.layers[0].feed_forward.num_experts_per_tok == 4  # restored
+
+
+def test_adaptive_report_quality_rows_on_a_tiny_model():
+    """CPU smoke test of scripts/adaptive_report.py's quality part."""
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import adaptive_report as R
+
+    mx.random.seed(2)
+    m = Model(preset("tiny", num_experts_per_tok=2))
+    val = (np.arange(300) * 7 % 320).astype(np.int32)
+    rows = R.quality(m, {"a": val}, 32, 1, [mx.array(val[:8])], 4, [1.0], [0.7], bs=4)
+    names = [r["setting"] for r in rows]
+    assert names == ["k=4", "k=3", "k=2", "k=1", "p=0.7", "entropy<1.0->k=1"]
+    base = rows[2]
+    assert base["top1_agreement"] == 1.0 and base["greedy_agreement"] == 1.0
+    assert base["experts_per_token_layer"] == 2.0 and rows[3]["experts_per_token_layer"] == 1.0
+    assert 1.0 <= rows[4]["experts_per_token_layer"] <= 2.0
+    assert rows[3]["flops_saving"] > 0 > rows[0]["flops_saving"]
+    assert m.layers[0].feed_forward.num_experts_per_tok == 2  # settings undone
+    assert m.layers[0].feed_forward.top_p is None
