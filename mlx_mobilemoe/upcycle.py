@@ -61,6 +61,12 @@ class Plan:
     format: str = "hf"
 
 
+def _need(cfg: dict, key: str):
+    if cfg.get(key) is None:
+        raise ConfigError(f"config.json has no {key}")
+    return cfg[key]
+
+
 # --- reading the dense source -----------------------------------------------------------
 
 def read_dense(src) -> tuple[dict, dict, Path]:
@@ -69,18 +75,24 @@ def read_dense(src) -> tuple[dict, dict, Path]:
     cfg_file = folder / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{folder}: no config.json")
-    cfg = json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
     fam = cfg.get("model_type")
     if fam not in FAMILIES:
         raise ConfigError(f"{folder}: model_type {fam!r} cannot be upcycled (supported: "
                           f"{', '.join(FAMILIES)})")
+    for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+              "vocab_size"):
+        _need(cfg, k)
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CheckpointError(f"{folder}: no *.safetensors weights")
     weights = {}
     for f in files:
         weights.update(mx.load(str(f)))
-    if cfg.get("tie_word_embeddings", fam == "qwen3"):
+    if cfg.get("tie_word_embeddings", False):
         weights.pop("lm_head.weight", None)
     for i in range(cfg["num_hidden_layers"]):
         for p in ("gate_proj", "up_proj", "down_proj"):
@@ -88,6 +100,20 @@ def read_dense(src) -> tuple[dict, dict, Path]:
                 raise CheckpointError(f"{folder}: model.layers.{i}.mlp.{p}.weight missing (not "
                                       "a dense checkpoint?)")
     return cfg, weights, folder
+
+
+def _rope(cfg: dict) -> tuple:
+    """(theta, scaling dict or None) from rope_theta / rope_scaling or transformers 5's
+    rope_parameters."""
+    rp = cfg.get("rope_parameters") or {}
+    theta = cfg.get("rope_theta", rp.get("rope_theta"))
+    if theta is None:
+        raise ConfigError("config.json has no rope_theta (nor rope_parameters.rope_theta)")
+    rs = cfg.get("rope_scaling") or (rp if rp.get("rope_type") not in (None, "default")
+                                     else None)
+    if rs and rs.get("rope_type", rs.get("type")) in (None, "default"):
+        rs = None
+    return float(theta), rs
 
 
 # --- the split --------------------------------------------------------------------------
@@ -163,8 +189,8 @@ def to_hf(cfg: dict, weights: dict, plan: Plan) -> tuple[dict, dict]:
     if S:
         raise ConfigError("--shared needs --format mobilemoe (qwen3_moe and mixtral have no "
                           "always-on shared expert)")
-    rs = cfg.get("rope_scaling")
-    if rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
+    theta, rs = _rope(cfg)
+    if rs:
         raise ConfigError(f"rope_scaling {rs.get('rope_type', rs.get('type'))!r}: mlx-lm's "
                           f"{'qwen3_moe' if fam == 'qwen3' else 'mixtral'} ignores it; use "
                           "--format mobilemoe (llama3 scaling)")
@@ -172,8 +198,8 @@ def to_hf(cfg: dict, weights: dict, plan: Plan) -> tuple[dict, dict]:
         raise ConfigError("attention_bias=true: the MoE targets have no attention bias")
     out = {k: v for k, v in weights.items() if ".mlp." not in k}
     key = mx.random.key(plan.seed)
-    new = dict(cfg)
-    for k in ("architectures", "model_type", "_name_or_path"):
+    new = dict(cfg, rope_theta=theta)
+    for k in ("architectures", "model_type", "_name_or_path", "rope_parameters"):
         new.pop(k, None)
     if fam == "qwen3":
         new.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"],
@@ -291,7 +317,7 @@ def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
     if len(layers) != L:
         raise ConfigError("the MobileMoE layout has an MoE in every layer: upcycle every layer "
                           "(omit --layers) or use --format hf")
-    if not cfg.get("tie_word_embeddings", fam == "qwen3"):
+    if not cfg.get("tie_word_embeddings", False):
         raise ConfigError("untied embeddings: the MobileMoE layout ties the output head; use "
                           "--format hf")
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
@@ -309,9 +335,7 @@ def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
                     raise ConfigError(
                         f"layer {i} {n} has learned weights; MobileMoE's qk-norm is weightless "
                         "so the attention would change: use --format hf (qwen3_moe)")
-    rs = cfg.get("rope_scaling")
-    if rs and rs.get("rope_type", rs.get("type")) == "default":
-        rs = None
+    theta, rs = _rope(cfg)
     if R == 1 and plan.top_k == 1:  # one expert at sigmoid(0) * 2 = 1, and the router learns
         norm, rsf = False, 2.0
     elif R == 1:  # renormalised copies: any k
@@ -322,9 +346,9 @@ def to_mobilemoe(cfg: dict, weights: dict, plan: Plan):
         vocab_size=cfg["vocab_size"], hidden_size=H, intermediate_size=w,
         intermediate_size_mlp=S * w, num_hidden_layers=L, num_attention_heads=nh,
         num_key_value_heads=nkv, head_dim=hd, num_local_experts=E,
-        num_experts_per_tok=plan.top_k, rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
-        rope_theta=cfg.get("rope_theta", 10000.0), rope_scaling=rs,
-        max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        num_experts_per_tok=plan.top_k, rms_norm_eps=_need(cfg, "rms_norm_eps"),
+        rope_theta=theta, rope_scaling=rs,
+        max_position_embeddings=_need(cfg, "max_position_embeddings"),
         routed_scaling_factor=rsf, norm_topk_prob=norm,
         use_qk_norm=fam == "qwen3", tie_word_embeddings=True,
         bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id")))

@@ -121,6 +121,16 @@ def test_refusals(qwen3, tmp_path):
     with pytest.raises(ConfigError, match="q_norm has learned weights"):
         U.to_mobilemoe(cfg, w2, U.Plan(format="mobilemoe"))
     assert U.main(["--from", str(d), "--out", str(tmp_path / "o"), "--granular", "3"]) == 1
+    # transformers 5 writes rope_parameters instead of rope_theta; a missing field is named.
+    c5 = {k: v for k, v in cfg.items() if k != "rope_theta"}
+    c5["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    assert U.to_hf(c5, w, U.Plan())[0]["rope_theta"] == 10000.0
+    assert U.to_mobilemoe(c5, w, U.Plan(format="mobilemoe")).args.rope_theta == 10000.0
+    with pytest.raises(ConfigError, match="rope_theta"):
+        U.to_hf({k: v for k, v in cfg.items() if k != "rope_theta"}, w, U.Plan())
+    with pytest.raises(ConfigError, match="rms_norm_eps"):
+        U.to_mobilemoe({k: v for k, v in cfg.items() if k != "rms_norm_eps"}, w,
+                       U.Plan(format="mobilemoe"))
 
 
 def test_upcycled_folder_loads_in_mlx_lm_and_generates(qwen3, tmp_path):
