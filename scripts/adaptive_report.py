@@ -44,27 +44,27 @@ INT4_BYTES = 0.5 + 2 / 32  # 4 bits + one fp16 scale per group of 32
 
 
 class Counter:
-    """Counts the experts each MoE block really weights (> 0) per token, via its route."""
+    """Counts the experts the MoE blocks really weight (> 0) per token, by wrapping the one
+    routing function (`mlx_mobilemoe.moe.route`) for the duration of a forward pass."""
 
     def __init__(self, model):
         self.model, self.used, self.rows = model, 0.0, 0
 
     def __enter__(self):
-        for layer in self.model.layers:
-            ff = layer.feed_forward
-            orig = type(ff).route.__get__(ff)
+        import mlx_mobilemoe.moe as M
 
-            def route(x, orig=orig):
-                idx, w = orig(x)
-                self.used += (w > 0).sum().item()
-                self.rows += w.shape[0]
-                return idx, w
-            object.__setattr__(ff, "route", route)
+        self._m, self._orig = M, M.route
+
+        def route(*args, **kw):
+            idx, w = self._orig(*args, **kw)
+            self.used += (w > 0).sum().item()
+            self.rows += w.shape[0]
+            return idx, w
+        M.route = route
         return self
 
     def __exit__(self, *exc):
-        for layer in self.model.layers:
-            del layer.feed_forward.__dict__["route"]
+        self._m.route = self._orig
 
     @property
     def per_token_layer(self):

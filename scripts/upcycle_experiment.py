@@ -37,7 +37,7 @@ from mlx_mobilemoe import checkpoint  # noqa: E402
 from mlx_mobilemoe import upcycle as U  # noqa: E402
 from mlx_mobilemoe.train import data as D  # noqa: E402
 from mlx_mobilemoe.train.__main__ import main as train_cli  # noqa: E402
-from mlx_mobilemoe.train.moe import forward  # noqa: E402
+from mlx_mobilemoe.moe import MoEOptions  # noqa: E402
 
 SIZES = {  # the dense model; the MoEs follow from it
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
@@ -73,6 +73,9 @@ def train(args: list) -> dict:
             "out": str(out)}
 
 
+DROPLESS = MoEOptions(dispatch="dropless")
+
+
 def evaluate(folder, domains, seq_len: int, batches: int, bs: int = 32) -> dict:
     """Held-out perplexity per domain and overall (dropless, float32)."""
     model = checkpoint.load_model(folder)
@@ -80,7 +83,7 @@ def evaluate(folder, domains, seq_len: int, batches: int, bs: int = 32) -> dict:
     for d in domains:
         ce = n = 0.0
         for x, y, m in D.eval_windows(d.val, seq_len, bs, batches):
-            logits, _ = forward(model, mx.array(x), "dropless", with_stats=False)
+            logits = model(mx.array(x), moe=DROPLESS)
             c = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(y), reduction="none")
             mm = mx.array(m)
             ce, n = ce + (c * mm).sum().item(), n + mm.sum().item()
