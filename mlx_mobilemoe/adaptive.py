@@ -12,7 +12,7 @@ Four knobs, all on the one routing function (`mlx_mobilemoe.moe.route`):
   `set_adaptive(model, token_k=...)` applies a per-row k in a batched forward (evaluation).
 
 The per-token modes mask weights on the plain-MLX path (the fused kernels route inside the
-kernel and take one k per call; `MoE.__call__` sends these modes to the reference path):
+kernel and take one k per call; `MoE.plan` sends these modes to the plain-MLX path and says so):
 their compute saving is counted (active FLOPs), not realised. Global and per-layer k run the
 fused kernels with the smaller k and save real time.
 
