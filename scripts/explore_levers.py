@@ -137,7 +137,8 @@ def part_gen(models, rounds):
     contenders = [("dense", "dense", {}), ("dense+step", "dense+step", {}),
                   ("mlx-lm glm4_moe S", "mlx-lm glm4_moe S", {})]
     for s in ("S", "M", "L"):
-        contenders += [(f"{s} fused+step", s, {}), (f"{s} fused", s, {"MLX_MOBILEMOE_STEP": "0"})]
+        contenders.append((f"{s} fused+step", s, {}))
+    contenders.append(("S fused", "S", {"MLX_MOBILEMOE_STEP": "0"}))
     contenders.append(("S reference+step", "S", {"MLX_MOBILEMOE_REFERENCE": "1"}))
     res = {c[0]: dict(p512=[], p2048=[], dec=[]) for c in contenders}
     for r in range(rounds + 1):
