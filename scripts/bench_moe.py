@@ -384,7 +384,7 @@ def _ce(logits, y):
 def bench_train(size, batch, seq, steps, overrides=None, dense_cfg=None, dtype=mx.bfloat16):
     """Training step tok/s: the dense 1B against ours (float weights in `dtype`), dropless
     and drop-and-pad dispatch. One model at a time (memory), same harness."""
-    from mlx_mobilemoe.train.moe import forward as train_forward
+    from mlx_mobilemoe.moe import MoEOptions
     dense_cfg = dense_cfg or DENSE_1B
     vocab = dense_cfg["vocab_size"]
     rows = []
@@ -400,8 +400,9 @@ def bench_train(size, batch, seq, steps, overrides=None, dense_cfg=None, dtype=m
         m = Model(preset(size, **(overrides or {})))
         m.set_dtype(dtype)
         mx.eval(m.parameters())
-        tps, rng = _train_tps(m, lambda m, x, y: _ce(train_forward(
-            m, x, dispatch, with_stats=False)[0], y), batch, seq, vocab, steps)
+        opts = MoEOptions(dispatch=dispatch)
+        tps, rng = _train_tps(m, lambda m, x, y: _ce(m(x, moe=opts), y), batch, seq, vocab,
+                              steps)
         rows.append(dict(model=f"ours {size}, {dispatch}", tok_s=tps, range=rng,
                          vs_dense=tps / rows[0]["tok_s"]))
         del m

@@ -32,7 +32,6 @@ from mlx_lm.models.cache import KVCache  # noqa: E402
 
 from mlx_mobilemoe import Model, decode_step, preset  # noqa: E402
 from mlx_mobilemoe.kernels import _build  # noqa: E402
-from mlx_mobilemoe.kernels import moe as moe_mod  # noqa: E402
 from mlx_mobilemoe.model import quantize_model  # noqa: E402
 
 Q = dict(group_size=32, bits=4)
@@ -181,7 +180,7 @@ def one_mma_variant(on: bool):
     _build.read_source = read
     _build._CACHE.clear()
     for l in MODELS["S"].layers:  # drop memos holding built functions
-        l.feed_forward.__dict__.pop("_mm_memo", None)
+        l.feed_forward._memo = None
 
 
 def part_prefill(models, dtype):
@@ -242,7 +241,7 @@ def part_prefill(models, dtype):
 
 
 def part_train(dtype, steps):
-    from mlx_mobilemoe.train.moe import forward as moe_forward
+    from mlx_mobilemoe.moe import MoEOptions
 
     def ce(logits, y):
         return nn.losses.cross_entropy(logits.astype(mx.float32), y).mean()
@@ -283,7 +282,7 @@ def part_train(dtype, steps):
     mx.eval(s.parameters())
     for disp in ("dropless", "drop"):
         bench_model(f"S {disp}", s, lambda m, x, y, disp=disp: ce(
-            moe_forward(m, x, disp, with_stats=False)[0], y))
+            m(x, moe=MoEOptions(dispatch=disp)), y))
     # pieces: fwd+bwd of the head+loss, one attention block, one MoE block (x 20 layers)
     h = mx.random.normal((B, T, s.args.hidden_size)).astype(dtype)
     emb = s.model.embed_tokens
@@ -295,18 +294,17 @@ def part_train(dtype, steps):
     def gt(f, params):
         g = mx.grad(f)
         return _time(lambda: mx.eval(g(params)), iters=5) * 1e3
-    from mlx_mobilemoe.train.moe import moe_forward as moe_block
     L = s.layers[0]
     pieces = dict(
         head_loss_ms=gt(lambda w: ce(h @ w.T, y), emb.weight),
         attn_block_ms=gt(lambda p: on(L.self_attn, p, lambda: L.self_attn(h, "causal")).astype(
             mx.float32).sum(),
                          L.self_attn.parameters()),
-        moe_dropless_ms=gt(lambda p: on(L.feed_forward, p, lambda: moe_block(
-            L.feed_forward, h, "dropless", with_stats=False)[0]).astype(mx.float32).sum(),
+        moe_dropless_ms=gt(lambda p: on(L.feed_forward, p, lambda: L.feed_forward(
+            h, MoEOptions(dispatch="dropless"))).astype(mx.float32).sum(),
             L.feed_forward.trainable_parameters()),
-        moe_drop_ms=gt(lambda p: on(L.feed_forward, p, lambda: moe_block(
-            L.feed_forward, h, "drop", with_stats=False)[0]).astype(mx.float32).sum(),
+        moe_drop_ms=gt(lambda p: on(L.feed_forward, p, lambda: L.feed_forward(
+            h, MoEOptions(dispatch="drop"))).astype(mx.float32).sum(),
             L.feed_forward.trainable_parameters()),
     )
     dl = llama.Model(llama.ModelArgs(**DENSE_1B)).layers[0]
@@ -331,7 +329,6 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--out", default="levers.json")
     a = p.parse_args()
-    moe_mod._symmetric = lambda q: True  # random int4 here is symmetric; no .item() in traces
     dtype = mx.float16
     mx.random.seed(0)
     out = dict(mlx=mx.__version__, date=time.strftime("%Y-%m-%d %H:%M"))
