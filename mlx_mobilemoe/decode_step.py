@@ -27,8 +27,12 @@ from mlx_lm.models.cache import KVCache
 
 
 def disabled() -> bool:
-    """MLX_MOBILEMOE_STEP=0 turns the compiled decode step off (the op-by-op path runs)."""
-    return os.environ.get("MLX_MOBILEMOE_STEP", "1") in ("", "0")
+    """The compiled step runs only with MLX_MOBILEMOE_STEP=1. Off by default: on an H200
+    (MLX 0.32.4 CUDA, 2026-12-01, docs/gpu-logs/levers-h200.json) it decoded *slower* than
+    the op-by-op path (S 208 vs 236 tok/s, the dense 1B 204 vs 236): there a decode token is
+    bound by per-primitive evaluation cost, which replaying a trace does not remove. It is
+    kept, tested, for backends where Python graph building is the bound (not yet measured)."""
+    return os.environ.get("MLX_MOBILEMOE_STEP", "0") in ("", "0")
 
 
 class StepCache:

@@ -2,6 +2,9 @@
 
 Not a user-facing benchmark (that is bench_moe.py): it explains where time goes.
     python scripts/explore_levers.py --out levers.json
+Its one run so far: docs/gpu-logs/levers-h200.json (H200, 2026-12-01). In that run the
+compiled decode step was still on by default, so the names with "+step" ran it and "S fused"
+ran without it (MLX_MOBILEMOE_STEP=0); it is opt-in now (MLX_MOBILEMOE_STEP=1).
 Parts: (gen) whole-model prefill/decode through mlx-lm's generate_step, interleaved rounds:
 dense 1B, mlx-lm's MoE path (glm4_moe S-shaped), ours S/M/L with and without the compiled
 decode step, the dense 1B with the same compiled step (the trick is model-agnostic);
@@ -133,12 +136,13 @@ def gen(model, prompt_len, n, env):
 
 
 def part_gen(models, rounds):
-    contenders = [("dense", "dense", {}), ("dense+step", "dense+step", {}),
+    contenders = [("dense", "dense", {}), ("dense+step", "dense+step", {"MLX_MOBILEMOE_STEP": "1"}),
                   ("mlx-lm glm4_moe S", "mlx-lm glm4_moe S", {})]
     for s in ("S", "M", "L"):
-        contenders.append((f"{s} fused+step", s, {}))
+        contenders.append((f"{s} fused+step", s, {"MLX_MOBILEMOE_STEP": "1"}))
     contenders.append(("S fused", "S", {"MLX_MOBILEMOE_STEP": "0"}))
-    contenders.append(("S reference+step", "S", {"MLX_MOBILEMOE_REFERENCE": "1"}))
+    contenders.append(("S reference+step", "S", {"MLX_MOBILEMOE_REFERENCE": "1",
+                                                  "MLX_MOBILEMOE_STEP": "1"}))
     res = {c[0]: dict(p512=[], p2048=[], dec=[]) for c in contenders}
     for r in range(rounds + 1):
         for name, key, env in contenders:

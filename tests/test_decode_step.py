@@ -67,11 +67,13 @@ def test_step_sees_weight_and_top_k_changes():
     assert toks == ref_toks and mx.abs(lps - ref_lps).max().item() < 1e-4
 
 
-def test_step_applies_only_to_single_tokens_on_plain_kv_caches():
+def test_step_applies_only_to_single_tokens_on_plain_kv_caches(monkeypatch):
     model = _model()
     one = mx.array([[3]])
     filled = model.make_cache()
     model(mx.array([[1, 2]]), cache=filled)
+    assert not decode_step.applies(one, filled, None)  # off unless asked for
+    monkeypatch.setenv("MLX_MOBILEMOE_STEP", "1")
     assert decode_step.applies(one, filled, None)
     assert not decode_step.applies(mx.array([[3, 4]]), filled, None)  # prefill
     assert not decode_step.applies(one, model.make_cache(), None)  # empty cache
@@ -79,9 +81,4 @@ def test_step_applies_only_to_single_tokens_on_plain_kv_caches():
     assert not decode_step.applies(one, filled, mx.zeros((1, 1, 64)))
     q = QuantizedKVCache(group_size=16, bits=8)
     assert not decode_step.applies(one, [q] * len(filled), None)
-    os.environ["MLX_MOBILEMOE_STEP"] = "0"
-    try:
-        assert not decode_step.applies(one, filled, None)
-    finally:
-        os.environ.pop("MLX_MOBILEMOE_STEP")
     assert all(type(c) is KVCache for c in filled)
