@@ -30,8 +30,10 @@ def disabled() -> bool:
     """The compiled step runs only with MLX_MOBILEMOE_STEP=1. Off by default: on an H200
     (MLX 0.32.4 CUDA, 2026-12-01, docs/gpu-logs/levers-h200.json) it decoded *slower* than
     the op-by-op path (S 208 vs 236 tok/s, the dense 1B 204 vs 236): there a decode token is
-    bound by per-primitive evaluation cost, which replaying a trace does not remove. It is
-    kept, tested, for backends where Python graph building is the bound (not yet measured)."""
+    bound by per-primitive evaluation cost, which replaying a trace does not remove, and the
+    step's array mask keeps CUDA's sdpa off its fused single-query kernel (MLX source). It
+    is kept, tested, for backends where Python graph building is the bound (not measured
+    yet: Apple GPUs). docs/sparsity-speed.md has the numbers."""
     return os.environ.get("MLX_MOBILEMOE_STEP", "0") in ("", "0")
 
 
