@@ -55,9 +55,9 @@ DENSE_1B = dict(model_type="llama", hidden_size=1280, num_hidden_layers=30,
                 rope_theta=500000.0)
 Q = dict(group_size=32, bits=4)
 # --smoke: the same harness on models small enough for a CPU test
-SMOKE = dict(num_hidden_layers=2, vocab_size=512)
+SMOKE = dict(num_hidden_layers=2, vocab_size=4096)  # the bundled tokenizer: 4096 ids
 SMOKE_DENSE = dict(DENSE_1B, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=512)
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=4096)
 
 
 def device_name() -> str:
