@@ -1,27 +1,28 @@
-"""The whole decode step as one compiled graph.
+"""The whole decode step as one compiled graph (opt-in: MLX_MOBILEMOE_STEP=1).
 
-mlx-lm's `generate_step` calls `model(tokens (1, 1), cache=[KVCache] * L)` once per token.
-Built op by op that step costs Python graph building for every op of every layer (tens of
-µs per layer), more than the GPU spends on it for a small MoE. Here the model's own forward
-(`Model.__call__`, the same code) is traced once with a stand-in cache, `StepCache`, whose
-offset is an array: it writes the new key and value into the `KVCache`'s preallocated
-buffers with `mx.slice_update` at that offset and lets attention read the whole buffer with
-a mask of the positions <= offset. A decode step then replays the traced graph. The graph
-depends on the buffers' capacity (mlx-lm grows them 256 positions at a time), so it is
-traced again only when they grow.
+mlx-lm's `generate_step` calls `model(tokens (1, 1), cache=[KVCache] * L)` once per token,
+and built op by op that step costs Python graph building for every op of every layer. Here
+the model's own forward (`Model.forward`, the same code) is traced once with a stand-in
+cache, `StepCache`, whose offset is an array: it writes the new key and value into the
+`KVCache`'s preallocated buffers with `mx.slice_update` at that offset and lets attention
+read the whole buffer with a mask of the positions <= offset. A decode step then replays
+the traced graph. The graph depends on the buffers' capacity (mlx-lm grows them 256
+positions at a time), so it is traced again only when they grow.
 
 The compiled function takes the model's arrays as inputs (`mx.compile(..., inputs=model)`),
-so later weight changes are seen; only the module *structure* and Python scalars are baked
-into a trace (a `Model` keys its traces by `structure_key()`).
+so later weight changes are seen; only the module structure and Python scalars are baked
+into a trace (a model keys its traces by `structure_key()`).
 
-`decode_step(model, tokens, cache)` returns the logits, or None when the step does not
-qualify (more than one token, no GPU... see `applies`). The plain path stays the reference:
-tests compare both (greedy tokens identical, logits within float rounding).
+`applies(...)` says whether a call qualifies; `decode_step(model, tokens, cache)` then
+returns the logits and advances the caches. The op-by-op forward stays the reference:
+tests/test_decode_step.py compares both (greedy tokens identical, logits within float32
+rounding).
 """
 
 from __future__ import annotations
 
 import os
+
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
