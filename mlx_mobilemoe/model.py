@@ -17,6 +17,9 @@ from mlx_lm.models.cache import KVCache
 
 from . import quant
 from .config import QAT_QUANTIZATION, ModelArgs
+from . import decode_step
+from .kernels import gpu_backend
+from .kernels._build import eager
 from .moe import INFERENCE, MoE, MoEOptions, Q, QuantizedExpertLinear, linear
 
 
@@ -154,10 +157,21 @@ class Model(nn.Module):
 
     def __call__(self, inputs, cache=None, input_embeddings=None,
                  moe: MoEOptions = INFERENCE):
+        if moe is INFERENCE and decode_step.applies(inputs, cache, input_embeddings):
+            return decode_step.decode_step(self, inputs, cache)  # forward(), compiled
+        return self.forward(inputs, cache, input_embeddings, moe)
+
+    def forward(self, inputs, cache=None, input_embeddings=None,
+                moe: MoEOptions = INFERENCE):
         out = self.model(inputs, cache, input_embeddings, dtype=self.compute_dtype, moe=moe)
         if moe.stats:
             return self.model.embed_tokens.as_linear(out[0]), out[1]
         return self.model.embed_tokens.as_linear(out)
+
+    def structure_key(self) -> tuple:
+        """What a traced decode step bakes in besides the arrays (decode_step.py)."""
+        return (self.compute_dtype, gpu_backend(), eager(),
+                tuple(l.feed_forward.num_experts_per_tok for l in self.layers))
 
     @property
     def layers(self):

@@ -5,14 +5,20 @@
     plain-MLX reference path, and mlx-lm's path (SwitchGLU + gather_qmm, affine 4-bit g32,
     plus the routing ops and a quantized shared MLP). Layers are timed 8 distinct ones per
     evaluation (weights do not stay in cache; launch gaps as in a forward pass).
-(b) Whole models, random weights, INT4 g32: our S/M/L against a dense 1B (mlx-lm llama:
-    30 layers, hidden 1280, FFN 6144, 20/4 heads, vocab 128256, tied): prompt (512 tokens)
-    and decode tokens/s through mlx-lm's generate_step.
+(b) Whole models, the user's path: random INT4 g32 checkpoints of S/M/L written in the
+    released layout and opened with `load()`, then mlx-lm's `generate_step` (prefill 512 and
+    2048 tokens, decode 128), against the dense 1B (mlx-lm llama shaped like MobileLLM-Pro:
+    30 layers, hidden 1280, FFN 6144, 20/4 heads, vocab 128256, tied) and mlx-lm's own MoE
+    path shaped like S (glm4_moe), all built first, then interleaved rounds.
+(c) Training step (batch 4 x 1024, bf16, AdamW, compiled): dense 1B vs S, dropless and
+    drop-and-pad.
 
-    python scripts/bench_moe.py                       # both parts, JSON on stdout
+    python scripts/bench_moe.py --out bench.json --device-report   # (a), (b), (c)
+    python scripts/bench_moe.py --part model --sizes S M L
     python scripts/bench_moe.py --part layer --sizes S --tokens 1 4
-    python scripts/bench_moe.py --device-report       # also writes docs/bench-<device>.md
-On a CPU only the reference paths run (no kernels): use it as a smoke test with --sizes tiny.
+    python scripts/bench_moe.py --part train
+On a CPU only the reference paths run (no kernels): `--sizes tiny` (layer) and `--smoke`
+(model, train) test the harness; their numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ DENSE_1B = dict(model_type="llama", hidden_size=1280, num_hidden_layers=30,
                 head_dim=64, rms_norm_eps=1e-5, vocab_size=128256, tie_word_embeddings=True,
                 rope_theta=500000.0)
 Q = dict(group_size=32, bits=4)
+# --smoke: the same harness on models small enough for a CPU test
+SMOKE = dict(num_hidden_layers=2, vocab_size=4096)  # the bundled tokenizer: 4096 ids
+SMOKE_DENSE = dict(DENSE_1B, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=4096)
 
 
 def device_name() -> str:
@@ -212,54 +222,195 @@ def _host_probe(size, moe, x, k):
     return rows
 
 
-# --- (b) whole models -----------------------------------------------------------------------
+# --- (b) whole models, the user's path ------------------------------------------------------
 
-def _gen_speed(model, prompt_len, decode_tokens, repeats):
-    from mlx_lm.generate import generate_step
-    best = None
-    for r in range(repeats + 1):  # the first run warms up (kernel compilation)
-        prompt = mx.random.randint(0, 128000, (prompt_len,))
-        n = decode_tokens if r else 4
-        t0 = time.perf_counter()
-        for i, (tok, _) in enumerate(generate_step(prompt, model, max_tokens=n)):
-            if i == 0:
-                t1 = time.perf_counter()
-        t2 = time.perf_counter()
-        if r:
-            res = dict(prompt_tps=prompt_len / (t1 - t0), decode_tps=(n - 1) / (t2 - t1))
-            best = res if best is None or res["decode_tps"] > best["decode_tps"] else best
-    return best
+def glm4_moe_args(size: str, overrides: dict):
+    """mlx-lm's own MoE model (glm4_moe: SwitchGLU + gather_qmm, sigmoid routing) shaped like
+    our `size`: the shared expert as n_shared_experts = S // I experts of width I."""
+    from mlx_lm.models import glm4_moe
+    a = preset(size, **overrides)
+    return glm4_moe.ModelArgs(
+        model_type="glm4_moe", vocab_size=a.vocab_size, hidden_size=a.hidden_size,
+        intermediate_size=a.intermediate_size_mlp, max_position_embeddings=131072,
+        moe_intermediate_size=a.intermediate_size, norm_topk_prob=True,
+        num_attention_heads=a.num_attention_heads, n_group=1, head_dim=a.head_dim,
+        topk_group=1, n_shared_experts=a.intermediate_size_mlp // a.intermediate_size,
+        n_routed_experts=a.num_local_experts, routed_scaling_factor=a.routed_scaling_factor,
+        num_experts_per_tok=a.num_experts_per_tok, first_k_dense_replace=0,
+        num_hidden_layers=a.num_hidden_layers, num_key_value_heads=a.num_key_value_heads,
+        rms_norm_eps=a.rms_norm_eps, rope_theta=a.rope_theta, rope_scaling=None,
+        use_qk_norm=True, tie_word_embeddings=True, attention_bias=False,
+        partial_rotary_factor=1.0)
 
 
-def bench_models(sizes, dtype, prompt_len, decode_tokens, repeats):
-    rows = []
-    dense = llama.Model(llama.ModelArgs(**DENSE_1B))
-    dense.set_dtype(dtype)
-    nn.quantize(dense, **Q)
-    mx.eval(dense.parameters())
-    ref = dict(model="dense-1B (mlx-lm llama)", **_gen_speed(dense, prompt_len, decode_tokens, repeats))
-    rows.append(ref)
-    print(json.dumps(ref), file=sys.stderr, flush=True)
-    del dense
+def _mlxlm_int4(model, dtype):
+    model.set_dtype(dtype)
+    nn.quantize(model, class_predicate=lambda p, m: hasattr(m, "to_quantized")
+                and not p.endswith(".gate"), **Q)
+    mx.eval(model.parameters())
+    return model
+
+
+def _write_checkpoint(size: str, folder: Path, overrides: dict) -> Path:
+    """A random INT4 checkpoint of `size` in the released layout (config, safetensors in the
+    official names, the bundled model's tokenizer)."""
+    from mlx_mobilemoe import checkpoint
+    model = quantize_model(Model(preset(size, **overrides)))
+    tok = checkpoint.load_tokenizer(checkpoint.resolve(None))
+    path = checkpoint.save(model, tok, folder / f"random-int4-{size}")
+    del model
     gc.collect()
     mx.clear_cache()
-    for size in sizes:
-        model = quantize_model(Model(preset(size)))
-        model.set_dtype(dtype)
-        mx.eval(model.parameters())
-        variants = [("fused", None), ("fused, eager decode", "EAGER"), ("reference", "REFERENCE")]
-        for variant, switch in variants if gpu_backend() else variants[2:]:
-            with (_env(f"MLX_MOBILEMOE_{switch}") if switch else contextlib.nullcontext()):
-                r = _gen_speed(model, prompt_len, decode_tokens, repeats)
-            row = dict(model=f"MobileMoE-{size}", path=variant, fused=variant != "reference",
-                       **r, decode_vs_dense=r["decode_tps"] / ref["decode_tps"],
-                       prompt_vs_dense=r["prompt_tps"] / ref["prompt_tps"])
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-        del model
+    return path
+
+
+def _generate(model, prompt_len, decode_tokens, vocab):
+    """(prompt tok/s, decode tok/s) of one mlx-lm generate_step run: prompt tokens over the
+    time to the first token, tokens after the first over their time."""
+    from mlx_lm.generate import generate_step
+    prompt = mx.random.randint(0, vocab, (prompt_len,))
+    mx.eval(prompt)
+    t0 = time.perf_counter()
+    t1 = None
+    for i, _ in enumerate(generate_step(prompt, model, max_tokens=decode_tokens)):
+        if i == 0:
+            t1 = time.perf_counter()
+    t2 = time.perf_counter()
+    dec = (decode_tokens - 1) / (t2 - t1) if decode_tokens > 1 else None
+    return prompt_len / (t1 - t0), dec
+
+
+def _contenders(sizes, dtype, folder, overrides, dense_cfg):
+    """(name, model, env) in table order: the dense 1B, mlx-lm's MoE path (S-shaped), ours
+    (each size: the default path; the first also with the opt-in compiled decode step and
+    with the plain-MLX reference)."""
+    from mlx_lm.models import glm4_moe
+    from mlx_mobilemoe import load
+    out = [("dense 1B (mlx-lm llama)", _mlxlm_int4(llama.Model(llama.ModelArgs(**dense_cfg)), dtype), {})]
+    moe_sizes = [s for s in sizes if s != "tiny"] or sizes
+    glm = glm4_moe.Model(glm4_moe_args(moe_sizes[0], overrides))
+    out.append((f"mlx-lm MoE path, {moe_sizes[0]}-shaped (glm4_moe)", _mlxlm_int4(glm, dtype), {}))
+    for size in moe_sizes:
+        model, _ = load(_write_checkpoint(size, folder, overrides), dtype=dtype)
+        out.append((f"ours {size}", model, {}))
+        if size == moe_sizes[0]:
+            out.append((f"ours {size}, compiled decode step", model, {"MLX_MOBILEMOE_STEP": "1"}))
+            out.append((f"ours {size}, plain MLX", model, {"MLX_MOBILEMOE_REFERENCE": "1"}))
+    return out
+
+
+def bench_models(sizes, dtype, prompts, decode_tokens, rounds, overrides=None,
+                 dense_cfg=None, folder=None):
+    """Whole-model prefill (each of `prompts`) and decode (after the first prompt), every
+    contender once per round, rounds interleaved; medians and ranges over the rounds."""
+    import tempfile
+    overrides = overrides or {}
+    dense_cfg = dense_cfg or DENSE_1B
+    with tempfile.TemporaryDirectory() as tmp:
+        cont = _contenders(sizes, dtype, Path(folder or tmp), overrides, dense_cfg)
+        vocab = dense_cfg["vocab_size"]
+        runs = {name: {f"prefill_{p}": [] for p in prompts} | {"decode": []} for name, _, _ in cont}
+        for r in range(rounds + 1):  # round 0 warms up with the timed shapes
+            for name, model, env in cont:
+                with _envs(env):
+                    for i, p in enumerate(prompts):
+                        pt, dt = _generate(model, p, decode_tokens if i == 0 else 2, vocab)
+                        if r:
+                            runs[name][f"prefill_{p}"].append(pt)
+                            if i == 0:
+                                runs[name]["decode"].append(dt)
+                print(json.dumps(dict(round=r, model=name, **{k: v[-1] if v and r else None
+                                                               for k, v in runs[name].items()})),
+                      file=sys.stderr, flush=True)
+    rows = []
+    base = None
+    for name, _, env in cont:
+        row = dict(model=name, env=env)
+        for k, v in runs[name].items():
+            row[k] = statistics.median(v)
+            row[k + "_range"] = [min(v), max(v)]
+        base = base or row
+        for k in runs[name]:
+            row[k + "_vs_dense"] = row[k] / base[k]
+        rows.append(row)
+    return rows
+
+
+@contextlib.contextmanager
+def _envs(env: dict):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --- (c) training step ------------------------------------------------------------------------
+
+def _train_tps(model, loss_fn, batch, seq, vocab, steps):
+    """Tokens/s of a compiled value_and_grad + AdamW step (model and optimizer state as the
+    compiled function's inputs and outputs), median over `steps` after 3 warm-up steps."""
+    import mlx.optimizers as optim
+    from functools import partial
+    opt = optim.AdamW(learning_rate=1e-4)
+    state = [model.state, opt.state]
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, g = nn.value_and_grad(model, loss_fn)(model, x, y)
+        opt.update(model, g)
+        return loss
+
+    x = mx.random.randint(0, vocab, (batch, seq))
+    y = mx.random.randint(0, vocab, (batch, seq))
+    ts = []
+    for i in range(3 + steps):
+        t0 = time.perf_counter()
+        mx.eval(step(x, y), state)
+        if i >= 3:
+            ts.append(time.perf_counter() - t0)
+    return batch * seq / statistics.median(ts), [batch * seq / max(ts), batch * seq / min(ts)]
+
+
+def _ce(logits, y):
+    return nn.losses.cross_entropy(logits.astype(mx.float32), y).mean()
+
+
+def bench_train(size, batch, seq, steps, overrides=None, dense_cfg=None, dtype=mx.bfloat16):
+    """Training step tok/s: the dense 1B against ours (float weights in `dtype`), dropless
+    and drop-and-pad dispatch. One model at a time (memory), same harness."""
+    from mlx_mobilemoe.moe import MoEOptions
+    dense_cfg = dense_cfg or DENSE_1B
+    vocab = dense_cfg["vocab_size"]
+    rows = []
+    d = llama.Model(llama.ModelArgs(**dense_cfg))
+    d.set_dtype(dtype)
+    mx.eval(d.parameters())
+    tps, rng = _train_tps(d, lambda m, x, y: _ce(m(x), y), batch, seq, vocab, steps)
+    rows.append(dict(model="dense 1B (mlx-lm llama)", tok_s=tps, range=rng))
+    del d
+    gc.collect()
+    mx.clear_cache()
+    for dispatch in ("dropless", "drop"):
+        m = Model(preset(size, **(overrides or {})))
+        m.set_dtype(dtype)
+        mx.eval(m.parameters())
+        opts = MoEOptions(dispatch=dispatch)
+        tps, rng = _train_tps(m, lambda m, x, y: _ce(m(x, moe=opts), y), batch, seq, vocab,
+                              steps)
+        rows.append(dict(model=f"ours {size}, {dispatch}", tok_s=tps, range=rng,
+                         vs_dense=tps / rows[0]["tok_s"]))
+        del m
         gc.collect()
         mx.clear_cache()
-    return rows
+    for r in rows:
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    return dict(batch=batch, seq=seq, dtype=str(dtype), rows=rows)
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -283,16 +434,32 @@ def markdown(res) -> str:
                        f"{r['reference_us']:.1f} | {gbs} |")
         out.append("")
     if res.get("model"):
-        out += ["## Whole model: prompt (512 tokens) and decode, tokens/s", "",
-                "| model | MoE path | prompt tok/s | decode tok/s | prompt vs dense | decode vs dense |",
-                "|---|---|---|---|---|---|"]
-        for r in res["model"]:
-            vs = (f"{r['prompt_vs_dense']:.2f}x | {r['decode_vs_dense']:.2f}x"
-                  if "decode_vs_dense" in r else "1 | 1")
-            path = r.get("path", "fused" if r.get("fused") else "reference") \
-                if "decode_vs_dense" in r else ""
-            out.append(f"| {r['model']} | {path} | "
-                       f"{r['prompt_tps']:.0f} | {r['decode_tps']:.1f} | {vs} |")
+        rows = res["model"]
+        ks = [k for k in rows[0] if k.startswith("prefill_") and not k.endswith(("_range", "_vs_dense"))]
+        out += [f"## Whole model, the user's path: `load()` + mlx-lm `generate_step`", "",
+                f"Random INT4 g32 checkpoints written in the released layout; tokens/s, median of "
+                f"{res.get('rounds', '?')} interleaved rounds (range in brackets); decode = "
+                f"{res.get('decode_tokens', '?')} tokens after a {ks[0][8:]}-token prompt.", "",
+                "| model | " + " | ".join(f"prefill {k[8:]} tok/s" for k in ks) +
+                " | decode tok/s | " + " | ".join(f"prefill {k[8:]} vs dense" for k in ks) +
+                " | decode vs dense |", "|---|" + "---|" * (2 * len(ks) + 2)]
+        for r in rows:
+            cells = [f"{r[k]:,.0f} [{r[k + '_range'][0]:,.0f}–{r[k + '_range'][1]:,.0f}]"
+                     for k in ks]
+            cells.append(f"{r['decode']:,.1f} [{r['decode_range'][0]:,.1f}–"
+                         f"{r['decode_range'][1]:,.1f}]")
+            cells += [f"{r[k + '_vs_dense']:.2f}x" for k in ks] + [f"{r['decode_vs_dense']:.2f}x"]
+            out.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+        out.append("")
+    if res.get("train"):
+        t = res["train"]
+        out += [f"## Training step: batch {t['batch']} x {t['seq']}, {t['dtype']}, AdamW, "
+                "compiled (value_and_grad + update)", "",
+                "| model | tok/s (median) | range | vs dense |", "|---|---|---|---|"]
+        for r in t["rows"]:
+            vs = f"{r['vs_dense']:.2f}x" if "vs_dense" in r else "1"
+            out.append(f"| {r['model']} | {r['tok_s']:,.0f} | {r['range'][0]:,.0f}–"
+                       f"{r['range'][1]:,.0f} | {vs} |")
         out.append("")
     if res.get("overhead"):
         out += ["## Where one decode layer's time goes (T = 1)", "",
@@ -310,15 +477,21 @@ def markdown(res) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=["layer", "model", "overhead", "all"], default="all")
+    p.add_argument("--part", choices=["layer", "model", "train", "overhead", "all"],
+                   default="all", help="all = layer, model and train")
     p.add_argument("--sizes", nargs="+", default=["S", "M", "L"])
     p.add_argument("--tokens", nargs="+", type=int, default=[1, 4, 512])
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--layers", type=int, default=8, help="distinct layers per timed evaluation")
     p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--prompt", type=int, default=512)
+    p.add_argument("--prompts", nargs="+", type=int, default=[512, 2048])
     p.add_argument("--decode", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (after a warm-up)")
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--train-seq", type=int, default=1024)
+    p.add_argument("--train-steps", type=int, default=5)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny models everywhere (CPU test of the harness, numbers meaningless)")
     p.add_argument("--device-report", action="store_true")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--from-json", help="only write the --device-report of a saved JSON")
@@ -337,9 +510,13 @@ def main(argv=None):
         res["layer"] = bench_layer(a.sizes, a.tokens, dtype, a.layers, a.iters)
     if a.part == "overhead":
         res["overhead"] = bench_overhead(a.sizes, dtype, a.layers, a.iters)
+    over, dense = ({}, DENSE_1B) if not a.smoke else (SMOKE, SMOKE_DENSE)
     if a.part in ("model", "all"):
-        res["model"] = bench_models([s for s in a.sizes if s != "tiny"], dtype, a.prompt,
-                                    a.decode, a.repeats)
+        res.update(rounds=a.rounds, decode_tokens=a.decode)
+        res["model"] = bench_models(a.sizes, dtype, a.prompts, a.decode, a.rounds, over, dense)
+    if a.part in ("train", "all"):
+        res["train"] = bench_train(a.sizes[0], a.train_batch, a.train_seq, a.train_steps, over,
+                                   dense, mx.float32 if a.smoke else mx.bfloat16)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:

@@ -32,3 +32,29 @@ def test_bench_layer_and_overhead_run_on_cpu(tmp_path, capsys):
     paths = [r["path"] for r in json.loads(out.read_text())["overhead"]]
     assert paths[:4] == ["ours", "ours (eager)", "reference", "mlx_lm"]
     capsys.readouterr()
+
+
+def test_bench_model_and_train_tables_run_on_cpu(tmp_path, capsys):
+    """The whole-model (load() + generate_step, interleaved rounds) and training-step tables,
+    on tiny models (--smoke): the harness runs and the report has every row."""
+    bench = _bench()
+    out = tmp_path / "model.json"
+    bench.main(["--part", "model", "--smoke", "--sizes", "tiny", "--prompts", "12", "20",
+                "--decode", "4", "--rounds", "1", "--out", str(out)])
+    res = json.loads(out.read_text())
+    names = [r["model"] for r in res["model"]]
+    assert names[0].startswith("dense 1B") and "glm4_moe" in names[1]
+    assert names[2:] == ["ours tiny", "ours tiny, compiled decode step", "ours tiny, plain MLX"]
+    for r in res["model"]:
+        assert r["prefill_12"] > 0 and r["prefill_20"] > 0 and r["decode"] > 0
+    assert res["model"][0]["decode_vs_dense"] == 1
+    text = bench.markdown(res)
+    assert "| ours tiny |" in text and "prefill 20 vs dense" in text
+    out = tmp_path / "train.json"
+    bench.main(["--part", "train", "--smoke", "--sizes", "tiny", "--train-batch", "1",
+                "--train-seq", "16", "--train-steps", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["train"]["rows"]
+    assert [r["model"] for r in rows] == ["dense 1B (mlx-lm llama)", "ours tiny, dropless",
+                                          "ours tiny, drop"]
+    assert all(r["tok_s"] > 0 for r in rows)
+    capsys.readouterr()
