@@ -338,3 +338,22 @@ def test_bpe_split_choice(tmp_path, split, pieces):
     out = train_bpe(["ROMEO:\nHi there.\nJULIET:\nGood night.\n"] * 10, 300, tmp_path, split)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("ROMEO:\nHi")] == pieces
+
+
+def test_stage_file_paths_are_relative_to_the_file(tmp_path, monkeypatch):
+    from mlx_mobilemoe.train.config import load_config
+
+    folder = tmp_path / "stages"
+    (folder / "base").mkdir(parents=True)
+    (folder / "stage.yaml").write_text(
+        "model: base\ntokenizer: tok\ndata: {a.txt: 1, /abs/b.txt: 2}\nout: ../runs/x\n")
+    monkeypatch.chdir(tmp_path)  # anywhere but the file's folder
+    cfg = load_config(folder / "stage.yaml", ["cache_dir=c"])
+    assert cfg.model == str(folder / "base") and cfg.tokenizer == str(folder / "tok")
+    assert cfg.data == {str(folder / "a.txt"): 1, "/abs/b.txt": 2}
+    assert cfg.out == str(folder / "../runs/x")
+    assert cfg.cache_dir == "c"  # overrides stay relative to the working directory
+    (folder / "s2.yaml").write_text("model: S\ntokenizer: {vocab_size: 300}\ndata: [t.txt]\n")
+    cfg = load_config(folder / "s2.yaml")
+    assert cfg.model == "S" and cfg.tokenizer == {"vocab_size": 300}  # a preset, not a path
+    assert cfg.data == [str(folder / "t.txt")]

@@ -193,7 +193,35 @@ def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
         values = yaml.safe_load(p.read_text()) or {}
         if not isinstance(values, dict):
             raise TrainConfigError(f"{p}: a stage file is a YAML mapping")
+        values = relative_to(values, p.parent)
     return make_config(values, overrides, **kwargs)
+
+
+PATH_SETTINGS = ("tokenizer", "data", "out", "cache_dir")  # always paths when strings
+
+
+def relative_to(values: dict, folder: Path) -> dict:
+    """A stage file's relative paths resolved against the file's folder, so the file works
+    from any directory (`key=value` overrides stay relative to the working directory).
+    `model` is a path only when that folder exists (else a preset or a Hugging Face id)."""
+    def fix(v):
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            return str(folder / v)
+        return v
+
+    out = dict(values)
+    for k in PATH_SETTINGS:
+        v = out.get(k)
+        if isinstance(v, list):
+            out[k] = [fix(x) for x in v]
+        elif isinstance(v, dict) and k == "data":  # {path: weight}
+            out[k] = {fix(x): w for x, w in v.items()}
+        elif not isinstance(v, dict):  # tokenizer: {vocab_size: N} is not a path
+            out[k] = fix(v)
+    m = out.get("model")
+    if isinstance(m, str) and (folder / m).is_dir() and not Path(m).is_absolute():
+        out["model"] = str(folder / m)
+    return out
 
 
 def validate(cfg: TrainConfig) -> None:
