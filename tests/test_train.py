@@ -357,3 +357,11 @@ def test_stage_file_paths_are_relative_to_the_file(tmp_path, monkeypatch):
     cfg = load_config(folder / "s2.yaml")
     assert cfg.model == "S" and cfg.tokenizer == {"vocab_size": 300}  # a preset, not a path
     assert cfg.data == [str(folder / "t.txt")]
+
+
+def test_pretraining_continues_from_a_checkpoint_with_its_tokenizer(pretrained, corpus,
+                                                                    tmp_path, capsys):
+    # configs/pretrain.yaml asks to train a tokenizer: a checkpoint keeps its own, with a note
+    assert main(["configs/pretrain.yaml", f"model={pretrained}", "steps=1",
+                 f"data={corpus / 'more.txt'}", f"out={tmp_path / 'more'}", *TINY]) == 0
+    assert "its own tokenizer is used" in capsys.readouterr().err

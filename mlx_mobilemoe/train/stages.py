@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -69,9 +70,11 @@ def build_model(cfg: TrainConfig, world: World):
         folder = checkpoint.resolve(cfg.model)
         model = checkpoint.load_model(folder)
         tok_dir = Path(cfg.tokenizer) if isinstance(cfg.tokenizer, str) else folder
-        if isinstance(cfg.tokenizer, dict):
-            raise StageError("a checkpoint keeps its tokenizer; training a new one needs a "
-                             "model from a preset")
+        if isinstance(cfg.tokenizer, dict) and world.is_main:
+            # e.g. configs/pretrain.yaml's {vocab_size: ...} when continuing from a checkpoint
+            print(f"note: model is a checkpoint, so its own tokenizer is used (tokenizer: "
+                  f"{cfg.tokenizer} trains a new one only for a model from a preset)",
+                  file=sys.stderr)
         return model, tok_dir, True
     name, fields = spec
     tok_dir = _tokenizer_for_preset(cfg, world)
