@@ -7,35 +7,31 @@ per-group MSE clip search). qat: a short run of the train CLI's qat stage from t
 weights on the training split, exported to the official layout and loaded back (what ships);
 qat_fake_quant_a8: its training form with int8 per-token activations. float_ft: the same
 fine-tune without fake quantization (midtrain stage), the control that separates "more
-training" from "quantization". All are scored on the same held-out tokens: the last 5% of
-the text file by bytes, cut at a line boundary, in non-overlapping windows of --seq-len
-tokens (each window scored from its own start). int4 models are scored through their exact
-float32 dequantization (bit-identical weights, logits within 1e-4: tests/test_export.py)
-unless --int4-kernels.
+training" from "quantization". All are scored by mlx_mobilemoe.evaluate on the same
+held-out tokens: the last 5% of the text file (and of any --data files) by bytes, cut at a
+line boundary as training cuts it, in consecutive windows of --seq-len predictions (each
+window scored from its own start), plus any --tasks (e.g. builtin). int4 models are scored
+through their exact float32 dequantization (bit-identical weights, logits within 1e-4:
+tests/test_export.py) unless --int4-kernels. Prints one table (models as columns) and JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlx_mobilemoe import checkpoint, export, qat  # noqa: E402
+from mlx_mobilemoe import checkpoint, evaluate, export, qat  # noqa: E402
 from mlx_mobilemoe.train.data import split_bytes  # noqa: E402
 from mlx_mobilemoe.train.qat_stage import load_qat_run  # noqa: E402
 
-# ../shared/data beside the checkout, as on the project's machines and in CI
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_TEXT = evaluate.DATA_DIR / "tinyshakespeare.txt"
 
 
 def split_text(text: str, held_out: float = 0.05):
@@ -43,28 +39,6 @@ def split_text(text: str, held_out: float = 0.05):
     first line after the cut."""
     train, held = split_bytes(text.encode(), held_out)
     return train.decode(), held.decode()
-
-
-def encode(tokenizer, text: str) -> mx.array:
-    return mx.array(tokenizer.encode(text, add_special_tokens=False), dtype=mx.uint32)
-
-
-def windows(tokens: mx.array, seq_len: int, max_tokens=None) -> mx.array:
-    n = tokens.size // seq_len
-    if max_tokens:
-        n = min(n, max(1, max_tokens // seq_len))
-    return tokens[: n * seq_len].reshape(n, seq_len)
-
-
-def perplexity(model, wins: mx.array, batch: int = 8) -> float:
-    nll, count = 0.0, 0
-    for i in range(0, wins.shape[0], batch):
-        x = wins[i: i + batch]
-        logits = model(x[:, :-1])
-        loss = nn.losses.cross_entropy(logits.astype(mx.float32), x[:, 1:], reduction="sum")
-        nll += loss.item()
-        count += x[:, 1:].size
-    return math.exp(nll / count)
 
 
 def fine_tune(stage: str, model_dir, train_file, out, work, steps, seq_len, batch, lr,
@@ -108,32 +82,44 @@ def kv8_agreement(model, tok, prompt="ROMEO:", n=60, head_dim=None) -> dict:
 
 def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80,
            batch=4, lr=1e-4, scales="learned", act_bits=8, control=True,
-           int4_kernels=False) -> dict:
+           int4_kernels=False, data=None, tasks=("ppl",), limit=100) -> dict:
     folder = checkpoint.resolve(model_dir)
     model, tok = checkpoint.load(folder)
     if model.args.is_quantized:
         raise SystemExit(f"{folder} is an int4 checkpoint; the report starts from float weights")
     train_text, held_text = split_text(Path(text_file).read_text())
-    wins = windows(encode(tok, held_text), seq_len + 1, max_eval_tokens)
-    out = {"model": str(folder), "text": str(text_file),
-           "held_out_bytes": len(held_text.encode()),
-           "eval_tokens": int(wins.shape[0] * seq_len), "seq_len": seq_len,
+    files = [Path(text_file)] + [Path(f) for f in data or []]
+    eos = evaluate.eos_of(tok, folder)
+    out = {"model": str(folder), "text": str(text_file), "data": [str(f) for f in files],
+           "held_out_bytes": len(held_text.encode()), "seq_len": seq_len,
+           "max_eval_tokens_per_domain": max_eval_tokens,
            "int4_scored_with": "quantized kernels" if int4_kernels else
-           "exact float32 dequantization (q * s)", "ppl": {}, "seconds": {}}
+           "exact float32 dequantization (q * s)", "ppl": {}, "seconds": {}, "evaluate": {}}
 
-    def int4_ppl(m):
-        return perplexity(m if int4_kernels else qat.dequantize_model(m), wins)
+    def score(m) -> float:
+        r = evaluate.evaluate(m, tok, tasks, data=files, seq_len=seq_len,
+                              max_tokens=max_eval_tokens, limit=limit, eos=eos, quiet=True)
+        out["evaluate"][current[0]] = r
+        return r["perplexity"]["overall"]["ppl"] if r["perplexity"] else float("nan")
+
+    def int4_score(m):
+        return score(m if int4_kernels else qat.dequantize_model(m))
+
+    current = [None]
 
     def timed(name, fn):
         t = time.time()
+        current[0] = name
         out["ppl"][name] = round(fn(), 4)
         out["seconds"][name] = round(time.time() - t, 1)
+        print(f"{name}: ppl {out['ppl'][name]} ({out['seconds'][name]}s)", file=sys.stderr,
+              flush=True)
 
-    timed("float", lambda: perplexity(model, wins))
+    timed("float", lambda: score(model))
     if model.args.head_dim % 32 == 0:
         out["kv_bits_8"] = kv8_agreement(model, tok)
     for method in ("rtn", "mse"):
-        timed(f"ptq_{method}", lambda: int4_ppl(qat.ptq(qat.to_float(model), method)))
+        timed(f"ptq_{method}", lambda: int4_score(qat.ptq(qat.to_float(model), method)))
 
     work = Path(tempfile.mkdtemp(prefix="quant_report."))
     train_file = work / "train.txt"
@@ -147,9 +133,11 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80
         out["qat_final_train_loss"] = round(fine_tune("qat", folder, train_file, run_dir, work,
                                                       qat_settings=qs, **recipe), 4)
         if act_bits:  # the training form, int8 per-token activations (an 8da4w runtime)
-            out["ppl"]["qat_fake_quant_a8"] = round(perplexity(load_qat_run(run_dir), wins), 4)
+            current[0] = "qat_fake_quant_a8"
+            out["ppl"]["qat_fake_quant_a8"] = round(score(load_qat_run(run_dir)), 4)
+            current[0] = "qat"
         shipped = export.export_folder(run_dir, work / "qat_int4")  # what ships
-        return int4_ppl(checkpoint.load_model(shipped))
+        return int4_score(checkpoint.load_model(shipped))
 
     timed("qat", run_qat)
     if control:
@@ -157,7 +145,7 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80
             run_dir = work / "float_ft"
             out["float_ft_final_train_loss"] = round(
                 fine_tune("midtrain", folder, train_file, run_dir, work, **recipe), 4)
-            return perplexity(checkpoint.load_model(run_dir), wins)
+            return score(checkpoint.load_model(run_dir))
         timed("float_ft", run_control)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -166,6 +154,7 @@ def report(model_dir, text_file, seq_len=256, max_eval_tokens=None, qat_steps=80
                                for k in p if k != "float"}
     if control:
         out["qat_gap_vs_float_ft_pct"] = round(100 * (p["qat"] / p["float_ft"] - 1), 2)
+    out["table"] = evaluate.compare_table(out["evaluate"])
     return out
 
 
@@ -175,7 +164,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="float checkpoint (default: bundled model)")
     p.add_argument("--text", default=str(DEFAULT_TEXT), help="text file; last 5%% held out")
     p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--max-eval-tokens", type=int, default=None)
+    p.add_argument("--max-eval-tokens", type=int, default=None, help="per domain")
+    p.add_argument("--data", nargs="*", default=[],
+                   help="more files whose held-out split is scored too (not trained on)")
+    p.add_argument("--tasks", nargs="+", default=["ppl"],
+                   help="mlx_mobilemoe.evaluate tasks, e.g. ppl builtin")
+    p.add_argument("--limit", type=int, default=100, help="rows per task")
     p.add_argument("--qat-steps", type=int, default=80)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
@@ -187,7 +181,9 @@ def main(argv=None) -> int:
                         "CPU they are ~20x slower than the exact float32 dequantization)")
     a = p.parse_args(argv)
     r = report(a.model, a.text, a.seq_len, a.max_eval_tokens, a.qat_steps, a.batch, a.lr,
-               a.scales, a.act_bits or None, not a.no_control, a.int4_kernels)
+               a.scales, a.act_bits or None, not a.no_control, a.int4_kernels, a.data,
+               a.tasks, a.limit)
+    print(r["table"], file=sys.stderr)
     print(json.dumps(r, indent=2))
     return 0
 

@@ -69,6 +69,14 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def masked_nll(model, x, y, m):
+    """Summed cross-entropy of targets y where mask m is 1, and the number of such tokens:
+    the one held-out scorer (training eval, mlx_mobilemoe.evaluate, the quant report)."""
+    logits = model(x, moe=MoEOptions("dropless"))
+    ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
+    return (ce * m).sum(), m.sum()
+
+
 def _fmt_time(s: float) -> str:
     s = int(max(0, s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -173,9 +181,7 @@ class Trainer:
             balance_biases(model, load, moe["balance_gamma"])
 
         def eval_loss(x, y, m):
-            logits = model(x, moe=MoEOptions("dropless"))
-            ce = nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="none")
-            return (ce * m).sum(), m.sum()
+            return masked_nll(model, x, y, m)
 
         self._grad_step, self._norm, self._update, self._eval = grad_step, norm, update, \
             eval_loss
