@@ -72,14 +72,14 @@ def peak_rss() -> Optional[int]:
 
 # --- prompts -----------------------------------------------------------------------------
 
-def real_tokens(tok, data_dir, n: int, eos=None) -> np.ndarray:
+def real_tokens(tok, data_dir, n: int, eos=None, held_out: float = 0.05) -> np.ndarray:
     """n tokens of held-out text, the domains interleaved in blocks of 256 so any prefix
     holds all of them."""
     per = []
     for d in DOMAINS:
         f = Path(data_dir) / f"{d}.txt"
         if f.exists():
-            per.append(E.doc_tokens(tok, E.heldout_docs(f), eos))
+            per.append(E.doc_tokens(tok, E.heldout_docs(f, held_out), eos))
     if not per:
         raise E.EvalError(f"no corpora in {data_dir} for real prompts (pass --data-dir)")
     out, i = [], 0
@@ -168,8 +168,8 @@ class Progress:
 
 
 def speed_memory(model, tok, contexts, decode=32, data_dir=E.DATA_DIR, eos=None,
-                 rounds=1) -> list:
-    real = real_tokens(tok, data_dir, max(contexts), eos)
+                 rounds=1, held_out=0.05) -> list:
+    real = real_tokens(tok, data_dir, max(contexts), eos, held_out)
     prog = Progress(len(contexts) * 2 * rounds)
     rows = []
     for C in contexts:
@@ -189,14 +189,15 @@ def speed_memory(model, tok, contexts, decode=32, data_dir=E.DATA_DIR, eos=None,
 
 # --- expert utilisation per domain -------------------------------------------------------
 
-def utilisation(model, tok, data_dir=E.DATA_DIR, tokens=4096, eos=None) -> dict:
+def utilisation(model, tok, data_dir=E.DATA_DIR, tokens=4096, eos=None,
+                held_out=0.05) -> dict:
     """{domain: (L, E) share of the selections of each layer}, from held-out text."""
     out = {}
     for d in DOMAINS:
         f = Path(data_dir) / f"{d}.txt"
         if not f.exists():
             continue
-        toks = E.doc_tokens(tok, E.heldout_docs(f), eos)[:tokens]
+        toks = E.doc_tokens(tok, E.heldout_docs(f, held_out), eos)[:tokens]
         load = np.zeros((model.args.num_hidden_layers, model.args.num_local_experts))
         for s in range(0, len(toks), 512):
             _, st = forward(model, mx.array(toks[None, s:s + 512].astype(np.int32)),
@@ -248,8 +249,8 @@ def swift_rss(binary, model_dir, text: str, max_tokens: int = 8, backend="cpu") 
 
 
 def swift_profile(binary, model_dir, tok, data_dir, n_tokens: int, max_tokens: int,
-                  rounds: int = 2) -> dict:
-    real = tok.decode(real_tokens(tok, data_dir, n_tokens).tolist())
+                  rounds: int = 2, held_out: float = 0.05) -> dict:
+    real = tok.decode(real_tokens(tok, data_dir, n_tokens, None, held_out).tolist())
     dummy = tok.decode(dummy_tokens(tok, n_tokens).tolist())
     out = {"prompt_tokens": n_tokens, "max_tokens": max_tokens}
     for kind, text in (("real", real), ("dummy", dummy)):
@@ -295,7 +296,7 @@ def random_model(name: str, seed: int = 0):
 # --- CLI ---------------------------------------------------------------------------------
 
 def profile(model, tok, contexts=None, decode=32, data_dir=E.DATA_DIR, eos=None,
-            rounds=1, util_tokens=4096) -> dict:
+            rounds=1, util_tokens=4096, held_out=0.05) -> dict:
     contexts = contexts or default_contexts(model.args.max_position_embeddings)
     too_long = [c for c in contexts if c >= model.args.max_position_embeddings]
     if too_long:
@@ -305,8 +306,10 @@ def profile(model, tok, contexts=None, decode=32, data_dir=E.DATA_DIR, eos=None,
                         "device": str(mx.default_device()), "mlx": mx.__version__,
                         "date": time.strftime("%Y-%m-%d")},
             "params": model.args.param_counts(), "decode_tokens": decode,
-            "speed_memory": speed_memory(model, tok, contexts, decode, data_dir, eos, rounds),
-            "utilisation": utilisation(model, tok, data_dir, util_tokens, eos)}
+            "held_out_fraction": held_out,
+            "speed_memory": speed_memory(model, tok, contexts, decode, data_dir, eos, rounds,
+                                         held_out),
+            "utilisation": utilisation(model, tok, data_dir, util_tokens, eos, held_out)}
 
 
 def main(argv=None) -> int:
@@ -323,6 +326,8 @@ def main(argv=None) -> int:
     p.add_argument("--decode", type=int, default=32, help="tokens decoded per run")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--data-dir", default=str(E.DATA_DIR))
+    p.add_argument("--held-out", type=float, default=0.05,
+                   help="prompts come from the last fraction of each corpus (0: all of it)")
     p.add_argument("--util-tokens", type=int, default=4096, help="tokens per domain")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--heatmap", help="write the expert-utilisation heatmap PNG here")
@@ -345,7 +350,7 @@ def main(argv=None) -> int:
             label += f" (int4 {a.quantize} on load)"
     try:
         res = profile(model, tok, a.contexts, a.decode, a.data_dir, eos, a.rounds,
-                      a.util_tokens)
+                      a.util_tokens, a.held_out)
     except E.EvalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -359,7 +364,8 @@ def main(argv=None) -> int:
             target = Path(tmp.name) / "ckpt"
             save(model, tok, target)
         res["swift_cli"] = swift_profile(a.swift, target, tok, a.data_dir,
-                                         a.swift_prompt_tokens, a.swift_max_tokens)
+                                         a.swift_prompt_tokens, a.swift_max_tokens,
+                                         held_out=a.held_out)
         if tmp:
             tmp.cleanup()
     if a.heatmap:
