@@ -264,7 +264,8 @@ def swift_profile(binary, model_dir, tok, data_dir, n_tokens: int, max_tokens: i
 # --- a random checkpoint -----------------------------------------------------------------
 
 def random_model(name: str, seed: int = 0):
-    """A random int4 (official QAT layout) model of preset `name`, built in memory."""
+    """A random int4 (official QAT layout) model of preset `name`, built in memory: int4
+    codes uniform, scales so weights have std ~0.02, norms one, selection biases zero."""
     from mlx.utils import tree_flatten
 
     from .config import QAT_QUANTIZATION, preset
@@ -277,9 +278,13 @@ def random_model(name: str, seed: int = 0):
         if p.dtype == mx.uint32:
             p = mx.random.randint(0, 2**31, p.shape).astype(mx.uint32)
         elif k.endswith("scales"):
-            p = mx.random.uniform(0.005, 0.02, p.shape).astype(mx.float16)
+            p = mx.random.uniform(0.003, 0.006, p.shape).astype(mx.float16)  # weight std ~0.02
         elif k.endswith("biases"):
             continue
+        elif k.endswith("norm.weight"):  # as train.stages.init_weights
+            p = mx.ones_like(p)
+        elif k.endswith("expert_bias"):
+            p = mx.zeros_like(p)
         else:
             p = (mx.random.normal(p.shape) * 0.02).astype(p.dtype)
         new.append((k, p))
