@@ -159,8 +159,9 @@ def law_loss(N, D, E, const: dict):
 def fit_law(N, D, E, loss, e_max: float = 64.0, ridge: float = 1e-3, iters: int = 300,
             starts: int = 24, seed: int = 0) -> dict:
     """Least squares fit of the law's nine constants (Levenberg-Marquardt from several
-    starts). A, B, c are fitted in log space (kept positive); `ridge` pulls the four E
-    terms (δ, γ, ω, ζ) towards 0 so a small grid cannot make them arbitrary."""
+    starts). A, B, c are kept positive and α, β negative (a dense model's loss falls with N
+    and D) by fitting their logs; `ridge` pulls the four E terms (δ, γ, ω, ζ) towards 0 so a
+    small grid cannot make them arbitrary."""
     N, D, E, y = (np.asarray(v, np.float64) for v in (N, D, E, loss))
     if not (len(y) == len(N) == len(D) == len(E)) or len(y) < len(LAW_KEYS):
         raise ValueError(f"need >= {len(LAW_KEYS)} points of equal length, got {len(y)}")
@@ -169,12 +170,13 @@ def fit_law(N, D, E, loss, e_max: float = 64.0, ridge: float = 1e-3, iters: int 
 
     def unpack(t):
         t = [float(v) for v in t]
-        return dict(A=math.exp(t[0]), alpha=t[1], gamma=t[2], delta=t[3], B=math.exp(t[4]),
-                    beta=t[5], zeta=t[6], omega=t[7], c=math.exp(t[8]), e_max=e_max)
+        return dict(A=math.exp(t[0]), alpha=-math.exp(t[1]), gamma=t[2], delta=t[3],
+                    B=math.exp(t[4]), beta=-math.exp(t[5]), zeta=t[6], omega=t[7],
+                    c=math.exp(t[8]), e_max=e_max)
 
     def resid(t):
-        a = t[0] + t[3] * le + (t[1] + t[2] * le) * ln_n
-        b = t[4] + t[7] * le + (t[5] + t[6] * le) * ln_d
+        a = t[0] + t[3] * le + (-np.exp(min(t[1], 5.0)) + t[2] * le) * ln_n
+        b = t[4] + t[7] * le + (-np.exp(min(t[5], 5.0)) + t[6] * le) * ln_d
         r = np.exp(np.minimum(a, 50)) + np.exp(np.minimum(b, 50)) + math.exp(min(t[8], 50)) - y
         return np.concatenate([r, math.sqrt(ridge) * t[[2, 3, 6, 7]]])
 
@@ -189,8 +191,8 @@ def fit_law(N, D, E, loss, e_max: float = 64.0, ridge: float = 1e-3, iters: int 
     rng = np.random.default_rng(seed)
     best, best_cost = None, np.inf
     for s in range(starts):
-        t = np.array([math.log(rng.uniform(1, 100)), -rng.uniform(0.05, 0.6), 0.0, 0.0,
-                      math.log(rng.uniform(1, 1000)), -rng.uniform(0.05, 0.6), 0.0, 0.0,
+        t = np.array([math.log(rng.uniform(1, 100)), math.log(rng.uniform(0.05, 0.6)), 0.0, 0.0,
+                      math.log(rng.uniform(1, 1000)), math.log(rng.uniform(0.05, 0.6)), 0.0, 0.0,
                       math.log(max(0.1, rng.uniform(0.2, 0.9) * y.min()))])
         lam = 1e-2
         r = resid(t)
@@ -307,8 +309,8 @@ def main(argv=None) -> int:
         return 1
     print(f"{len(rows)} shapes fit {a.memory_gb} GB with {a.context} tokens of int8 KV "
           f"(weights at {BITS_PER_WEIGHT} bits, {a.overhead_gb} GB overhead)"
-          + (f"; loss predicted at D = {a.tokens:.3g} tokens ({law['provenance']['summary']})"
-             if law else ""))
+          + (f"; loss predicted at D = {a.tokens:.3g} tokens by a law fitted with rmse "
+             f"{law['fit']['rmse']:.3f} ({law['provenance']['summary']})" if law else ""))
     print(table(rows, a.top))
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "law": law, "rows": rows},

@@ -214,7 +214,7 @@ def cmd_report(a) -> int:
            "constants": {k: c[k] for k in ("A", "alpha", "gamma", "delta", "B", "beta",
                                            "zeta", "omega", "c", "e_max")},
            "fit": {"rmse": c["rmse"], "points": c["points"],
-                   "method": "Levenberg-Marquardt, 24 starts, ridge 1e-3 on δ γ ω ζ"},
+                   "method": "Levenberg-Marquardt, 24 starts, α, β < 0, ridge 1e-3 on δ γ ω ζ"},
            "provenance": {
                "summary": f"fitted on {len(res['runs'])} toy runs, "
                           f"{min(N) / 1e6:.1f}-{max(N) / 1e6:.1f}M active, "
