@@ -35,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from .config import ConfigError, ModelArgs, PRESETS, preset
+from .config import ConfigError, ModelArgs, preset
 
 BITS_PER_WEIGHT = 4.5  # int4 + one fp16 scale per group of 32
 KV_BITS = 8 + 2 * 16 / 64  # int8 + fp16 scale and bias per group of 64
@@ -74,15 +74,14 @@ class Shape:
     def args(self, **over) -> ModelArgs:
         """The config.json of this shape (official vocabulary, attention and RoPE)."""
         width = 4 * self.hidden // self.g
-        base = dict(PRESETS["S"])
-        base.update(num_hidden_layers=self.layers, hidden_size=self.hidden,
-                    num_attention_heads=self.hidden // HEAD_DIM, head_dim=HEAD_DIM,
-                    num_key_value_heads=math.gcd(KV_HEADS, self.hidden // HEAD_DIM),
-                    intermediate_size=width, num_local_experts=self.routed,
-                    num_experts_per_tok=self.k,
-                    intermediate_size_mlp=self.k * width if self.shared else 0)
-        base.update(over)
-        return ModelArgs.from_dict(base)
+        fields = dict(num_hidden_layers=self.layers, hidden_size=self.hidden,
+                      num_attention_heads=self.hidden // HEAD_DIM, head_dim=HEAD_DIM,
+                      num_key_value_heads=math.gcd(KV_HEADS, self.hidden // HEAD_DIM),
+                      intermediate_size=width, num_local_experts=self.routed,
+                      num_experts_per_tok=self.k,
+                      intermediate_size_mlp=self.k * width if self.shared else 0)
+        fields.update(over)
+        return preset("S", **fields)  # S's vocabulary, attention and RoPE at this depth
 
     def name(self) -> str:
         if self.E == 1:

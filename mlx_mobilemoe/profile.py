@@ -36,7 +36,9 @@ import mlx.core as mx
 import numpy as np
 
 from . import evaluate as E
-from .train.moe import forward
+from .moe import MoEOptions
+
+STATS = MoEOptions("dropless", stats=True)
 
 DOMAINS = ("tinyshakespeare", "kjv", "python-stdlib", "gcide")
 
@@ -130,7 +132,7 @@ def experts_touched(model, prompt: np.ndarray, chunk: int = 2048) -> dict:
     load = np.zeros((L, E_))
     for s in range(0, len(prompt), chunk):
         x = mx.array(prompt[None, s:s + chunk].astype(np.int32))
-        _, st = forward(model, x, "dropless", with_stats=True)
+        _, st = model(x, moe=STATS)
         load += np.array(st["load"])
     ff = model.layers[0].feed_forward.experts
     per_expert = sum(v.nbytes for v in _leaves(ff)) / E_
@@ -200,8 +202,7 @@ def utilisation(model, tok, data_dir=E.DATA_DIR, tokens=4096, eos=None,
         toks = E.doc_tokens(tok, E.heldout_docs(f, held_out), eos)[:tokens]
         load = np.zeros((model.args.num_hidden_layers, model.args.num_local_experts))
         for s in range(0, len(toks), 512):
-            _, st = forward(model, mx.array(toks[None, s:s + 512].astype(np.int32)),
-                            "dropless", with_stats=True)
+            _, st = model(mx.array(toks[None, s:s + 512].astype(np.int32)), moe=STATS)
             load += np.array(st["load"])
         out[d] = (load / load.sum(1, keepdims=True)).tolist()
     return out
