@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .library(name: "MobileMoEKit", targets: ["MobileMoEKit"]),
         .executable(name: "mobilemoe", targets: ["mobilemoe"]),
+        .executable(name: "mobilemoe-sampler-bench", targets: ["mobilemoe-sampler-bench"]),
     ],
     targets: [
         .target(
@@ -21,6 +22,12 @@ let package = Package(
             name: "mobilemoe",
             dependencies: ["MobileMoEKit"],
             path: "swift/MobileMoEKit/Sources/mobilemoe"
+        ),
+        // Sampler speed at 128,256 logits (JSON); a benchmark, not a test.
+        .executableTarget(
+            name: "mobilemoe-sampler-bench",
+            dependencies: ["MobileMoEKit"],
+            path: "swift/MobileMoEKit/Sources/SamplerBenchmark"
         ),
         // Tests only: runs the GPU kernels on the CPU (metal/mm_cpu.h) so the GPU forward pass
         // is checked on machines without Metal.

@@ -7,19 +7,23 @@ struct Arguments {
     var prompt: String?
     var system: String?
     var raw = false
+    var chat = false
     var backend = BackendChoice.automatic
     var parameters = GenerateParameters()
 
     static let usage = """
-    usage: mobilemoe [--model DIR] [--prompt TEXT] [--max-tokens N] [--temperature T] [--top-p P]
-                     [--top-k K] [--seed S] [--experts-per-token K] [--system TEXT] [--raw]
-                     [--backend automatic|cpu|metal]
+    usage: mobilemoe [--model DIR] [--prompt TEXT] [--chat] [--max-tokens N] [--temperature T] [--top-p P]
+                     [--top-k K] [--min-p P] [--repetition-penalty R] [--presence-penalty P]
+                     [--frequency-penalty F] [--stop TEXT]... [--seed S] [--experts-per-token K]
+                     [--max-kv-size N] [--kv-cache float32|float16|int8] [--system TEXT] [--raw]
+                     [--backend automatic|cpu|gpu]
 
     Streams text from a MobileMoE checkpoint folder (config.json, model.safetensors, tokenizer.json).
     --model defaults to mlx_mobilemoe/default_model under the current directory.
-    Without --prompt: an interactive chat (one message per line, Ctrl-D to quit).
+    --chat (or no --prompt): a multi-turn chat over one session whose KV cache is kept between
+    turns (one message per line; /reset starts over; Ctrl-D quits); --prompt is then the first message.
     --raw feeds the prompt as plain text instead of through the chat template.
-    --temperature 0 is greedy. Timings go to stderr.
+    --temperature 0 is greedy. The backend that runs, load time and rates go to stderr.
     """
 
     struct Failure: Error, CustomStringConvertible { let description: String }
@@ -41,6 +45,17 @@ struct Arguments {
             case "--prompt", "-p": prompt = try value(a)
             case "--system": system = try value(a)
             case "--raw": raw = true
+            case "--chat": chat = true
+            case "--min-p": parameters.minP = try number(a, Float.self)
+            case "--repetition-penalty": parameters.repetitionPenalty = try number(a, Float.self)
+            case "--presence-penalty": parameters.presencePenalty = try number(a, Float.self)
+            case "--frequency-penalty": parameters.frequencyPenalty = try number(a, Float.self)
+            case "--stop": parameters.stopStrings.append(try value(a))
+            case "--max-kv-size": parameters.maxKVSize = try number(a, Int.self)
+            case "--kv-cache":
+                let v = try value(a)
+                guard let t = KVCacheType(rawValue: v) else { throw Failure(description: "--kv-cache: '\(v)' is not float32, float16 or int8") }
+                parameters.kvCache = t
             case "--max-tokens", "-n": parameters.maxTokens = try number(a, Int.self)
             case "--temperature", "--temp": parameters.temperature = try number(a, Float.self)
             case "--top-p": parameters.topP = try number(a, Float.self)
@@ -49,7 +64,9 @@ struct Arguments {
             case "--experts-per-token": parameters.expertsPerToken = try number(a, Int.self)
             case "--backend":
                 let v = try value(a)
-                guard let b = BackendChoice(rawValue: v) else { throw Failure(description: "--backend: '\(v)' is not automatic, cpu or metal") }
+                guard let b = v == "metal" ? .gpu : BackendChoice(rawValue: v) else {
+                    throw Failure(description: "--backend: '\(v)' is not automatic, cpu or gpu")
+                }
                 backend = b
             case "--help", "-h": throw Failure(description: Arguments.usage)
             default: throw Failure(description: "unknown option '\(a)'\n\n\(Arguments.usage)")

@@ -1,4 +1,5 @@
-// `mobilemoe`: one-shot or interactive generation from a MobileMoE folder, printing tokens/s.
+// `mobilemoe`: one-shot generation or a multi-turn chat (ChatSession: the KV cache is kept
+// between turns) from a MobileMoE folder, printing which backend runs and tokens/s.
 // A thin main over MobileMoEKit: parse, load, stream, print.
 import Foundation
 import MobileMoEKit
@@ -10,17 +11,20 @@ struct MobileMoECLI {
             let args = try Arguments(Array(CommandLine.arguments.dropFirst()))
             let directory = try args.modelDirectory()
             let loadStart = Date()
-            let model = try await MobileMoEModel.load(directory: directory, backend: args.backend)
+            let options = LoadOptions(kvCache: args.parameters.kvCache, lifecycle: NoLifecycleEvents())
+            let model = try await MobileMoEModel.load(directory: directory, backend: args.backend, options: options)
             let c = model.configuration
             log("loaded \(directory.lastPathComponent): \(c.numHiddenLayers) layers, H \(c.hiddenSize), \(c.numLocalExperts) experts top-\(c.numExpertsPerTok), " +
-                "\(c.isQuantized ? "int4 g32" : "bf16") on \(model.backend.name) in \(String(format: "%.2f", Date().timeIntervalSince(loadStart))) s")
-            if let prompt = args.prompt {
+                "\(c.isQuantized ? "int4 g32" : "bf16") in \(String(format: "%.2f", Date().timeIntervalSince(loadStart))) s")
+            log("backend: \(model.backend.name) (requested \(args.backend.rawValue)" +
+                (model.backendFallbackReason.map { "; GPU not used: \($0)" } ?? "") + ")")
+            if args.chat || args.prompt == nil {
+                try await chat(model, args)
+            } else if let prompt = args.prompt {
                 var messages: [ChatMessage] = args.system.map { [.system($0)] } ?? []
                 messages.append(.user(prompt))
                 let p: Prompt = args.raw || model.chatTemplate == nil ? .text(prompt) : .chat(messages)
-                _ = try await stream(model, p, args.parameters)
-            } else {
-                try await chat(model, args)
+                try await stream(model.generate(p, parameters: args.parameters))
             }
         } catch {
             log("error: \(error)")
@@ -28,35 +32,48 @@ struct MobileMoECLI {
         }
     }
 
-    /// Prints the reply as it arrives; returns its text.
-    static func stream(_ model: MobileMoEModel, _ prompt: Prompt, _ parameters: GenerateParameters) async throws -> String {
-        var reply = ""
-        for try await event in model.generate(prompt, parameters: parameters) {
+    /// Prints the reply as it arrives, then the rates.
+    static func stream(_ events: AsyncThrowingStream<GenerationEvent, Error>) async throws {
+        for try await event in events {
             switch event {
             case let .chunk(text):
-                reply += text
                 print(text, terminator: "")
                 fflush(stdout)
             case let .info(i):
                 print("")
-                log(String(format: "prompt: %d tokens, %.1f tokens/s | generation: %d tokens, %.1f tokens/s | experts/token %d | %@ | stop: %@",
-                           i.promptTokenCount, i.promptTokensPerSecond, i.generationTokenCount, i.tokensPerSecond,
-                           i.expertsPerToken, i.backend, i.stopReason.rawValue))
+                log(String(format: "prompt: %d tokens (%d cached), %.1f tokens/s | generation: %d tokens, %.1f tokens/s | experts/token %d | %@ | stop: %@",
+                           i.promptTokenCount, i.cachedPromptTokenCount, i.promptTokensPerSecond, i.generationTokenCount,
+                           i.tokensPerSecond, i.expertsPerToken, i.backend, i.stopReason.rawValue))
             }
         }
-        return reply
     }
 
+    /// A REPL over one ChatSession (raw mode: each line continues one growing text instead).
     static func chat(_ model: MobileMoEModel, _ args: Arguments) async throws {
-        var history: [ChatMessage] = args.system.map { [.system($0)] } ?? []
+        guard model.chatTemplate != nil, !args.raw else {
+            throw Arguments.Failure(description: "--chat needs a checkpoint with a chat template (and no --raw)")
+        }
+        let session = ChatSession(model: model, instructions: args.system, parameters: args.parameters)
+        var first = args.prompt
         while true {
-            print("> ", terminator: "")
-            fflush(stdout)
-            guard let line = readLine() else { break }
+            let line: String
+            if let p = first {
+                line = p
+                first = nil
+                print("> \(p)")
+            } else {
+                print("> ", terminator: "")
+                fflush(stdout)
+                guard let l = readLine() else { break }
+                line = l
+            }
             if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
-            history.append(.user(line))
-            let p: Prompt = args.raw || model.chatTemplate == nil ? .text(line) : .chat(history)
-            history.append(.assistant(try await stream(model, p, args.parameters)))
+            if line == "/reset" {
+                await session.reset()
+                log("conversation reset")
+                continue
+            }
+            try await stream(session.streamResponse(to: line))
         }
     }
 

@@ -29,6 +29,7 @@ public protocol MTLLibrary: NSObjectProtocol {
 }
 public protocol MTLComputePipelineState: NSObjectProtocol {
     var maxTotalThreadsPerThreadgroup: Int { get }
+    var threadExecutionWidth: Int { get }
 }
 public protocol MTLBuffer: NSObjectProtocol {
     var length: Int { get }
@@ -37,6 +38,8 @@ public protocol MTLBuffer: NSObjectProtocol {
 public protocol MTLComputeCommandEncoder: NSObjectProtocol {
     func setComputePipelineState(_ state: MTLComputePipelineState)
     func setBuffer(_ buffer: MTLBuffer?, offset: Int, index: Int)
+    func setBufferOffset(_ offset: Int, index: Int)
+    func setBytes(_ bytes: UnsafeRawPointer, length: Int, index: Int)
     func dispatchThreadgroups(_ threadgroupsPerGrid: MTLSize, threadsPerThreadgroup: MTLSize)
     func endEncoding()
 }
@@ -46,6 +49,7 @@ public protocol MTLCommandBuffer: NSObjectProtocol {
     func makeComputeCommandEncoder() -> MTLComputeCommandEncoder?
     func commit()
     func waitUntilCompleted()
+    func addCompletedHandler(_ block: @escaping @Sendable (MTLCommandBuffer) -> Void)
 }
 public protocol MTLCommandQueue: NSObjectProtocol {
     func makeCommandBuffer() -> MTLCommandBuffer?
@@ -54,6 +58,7 @@ public protocol MTLDevice: NSObjectProtocol {
     var name: String { get }
     var maxBufferLength: Int { get }
     var recommendedMaxWorkingSetSize: UInt64 { get }
+    var currentAllocatedSize: Int { get }
     func supportsFamily(_ gpuFamily: MTLGPUFamily) -> Bool
     func makeCommandQueue() -> MTLCommandQueue?
     func makeLibrary(source: String, options: MTLCompileOptions?) throws -> MTLLibrary

@@ -66,9 +66,10 @@ final class EmulatorExecutor: KernelExecutor {
         scratch[.tokens]!.copyMemory(from: tokens, byteCount: 4 * tokens.count)
     }
 
-    func run(_ launches: [KernelLaunch]) throws {
+    func run(_ step: LaunchTemplate, position: Int, gate: ComputeGate?) async throws {
         if Task.isCancelled { throw CancellationError() }
-        for l in launches {
+        try await gate?.waitUntilOpen()
+        for l in step.instantiate(position: position) {
             let rc = l.dims.withUnsafeBytes { dims in
                 l.fp.withUnsafeBytes { fp in
                     let ptrs: [UnsafeMutableRawPointer?] = l.bindings.map { resolve($0, params: (dims.baseAddress!, fp.baseAddress!)) }
@@ -106,39 +107,39 @@ final class EmulatedGPUTests: XCTestCase {
         try GPUBackend(weights: Self.weights, platform: EmulatorPlatform(weights: Self.weights), maxStep: maxStep)
     }
 
-    func testPrefillPathAndGreedyDecode() throws {
+    func testPrefillPathAndGreedyDecode() async throws {
         // 31-token chat prompt: the MoE prefill kernels (route, grouped GEMMs, combine), then
         // greedy decode steps on the decode kernels.
         let c = try cases()[0]
         let ids = c["prompt_ids"] as! [Int], logits = c["logits"] as! [[Double]], greedy = c["greedy_tokens"] as! [Int]
         let session = try backend().makeSession(capacity: 64)
-        var out = try session.forward(ids, expertsPerToken: 2)
+        var out = try await session.forward(ids, expertsPerToken: 2)
         assertClose(out, logits[ids.count - 1], "prefill last position")
         var tokens: [Int] = []
         for _ in 0..<4 {
             tokens.append(Sampler.argmax(out))
-            out = try session.forward([tokens.last!], expertsPerToken: 2)
+            out = try await session.forward([tokens.last!], expertsPerToken: 2)
         }
         XCTAssertEqual(tokens, Array(greedy.prefix(4)))
     }
 
-    func testDecodePathTokenByTokenAndInSmallChunks() throws {
+    func testDecodePathTokenByTokenAndInSmallChunks() async throws {
         let c = try cases()[2]
         let ids = c["prompt_ids"] as! [Int], logits = c["logits"] as! [[Double]]
         let one = try backend().makeSession(capacity: 32)
         for (t, id) in ids.prefix(6).enumerated() {
-            assertClose(try one.forward([id], expertsPerToken: 2), logits[t], "token-by-token position \(t)")
+            assertClose(try await one.forward([id], expertsPerToken: 2), logits[t], "token-by-token position \(t)")
         }
         // Steps of 5 tokens: several multi-token decode-path submissions over a growing cache.
         let chunked = try backend(maxStep: 5).makeSession(capacity: 32)
-        assertClose(try chunked.forward(ids, expertsPerToken: 2), logits[ids.count - 1], "chunks of 5")
+        assertClose(try await chunked.forward(ids, expertsPerToken: 2), logits[ids.count - 1], "chunks of 5")
     }
 
-    func testMatchesCPUReferenceWithFewerExperts() throws {
+    func testMatchesCPUReferenceWithFewerExperts() async throws {
         // Adaptive compute (k = 1) takes the same path on both backends.
         let ids = try cases()[1]["prompt_ids"] as! [Int]
-        let cpu = try CPUBackend(weights: Self.weights).makeSession(capacity: 16).forward(ids, expertsPerToken: 1)
-        let gpu = try backend().makeSession(capacity: 16).forward(ids, expertsPerToken: 1)
+        let cpu = try await CPUBackend(weights: Self.weights).makeSession(capacity: 16).forward(ids, expertsPerToken: 1)
+        let gpu = try await backend().makeSession(capacity: 16).forward(ids, expertsPerToken: 1)
         assertClose(gpu, cpu.map(Double.init), "k = 1")
     }
 
@@ -146,7 +147,7 @@ final class EmulatedGPUTests: XCTestCase {
         let session = try backend().makeSession(capacity: 8) as! GPUSession
         let task = Task { () -> Error? in
             withUnsafeCurrentTask { $0?.cancel() }
-            do { _ = try session.forward([0, 1], expertsPerToken: 2); return nil } catch { return error }
+            do { _ = try await session.forward([0, 1], expertsPerToken: 2); return nil } catch { return error }
         }
         let error = await task.value
         XCTAssertTrue(error is CancellationError, "\(String(describing: error))")
@@ -158,5 +159,58 @@ final class EmulatedGPUTests: XCTestCase {
         let config = try ModelConfig(contentsOf: dir.appendingPathComponent("config.json"))
         let w = try ModelWeights(config: config, store: TensorStore(directory: dir))
         XCTAssertThrowsError(try GPUBackend(weights: w, platform: EmulatorPlatform(weights: Self.weights)))
+    }
+
+    func testLaunchTemplatesEqualTheFreshPlanAtEveryPosition() throws {
+        let b = try backend()
+        for T in [1, 3, 9] {
+            for k in [1, 2] {
+                let t = b.templates.template(tokens: T, expertsPerToken: k)
+                XCTAssertGreaterThan(t.patchedLaunches, 0)
+                for p in [0, 1, 2, 7, 40, 300] {
+                    XCTAssertEqual(t.instantiate(position: p), b.plan.launches(tokens: T, position: p, expertsPerToken: k),
+                                   "T \(T) k \(k) position \(p)")
+                }
+            }
+        }
+    }
+
+    func testTemplatesAreBuiltOncePerShape() async throws {
+        let b = try backend()
+        let session = try b.makeSession(capacity: 64)
+        for id in [3, 4] { _ = try await session.forward([id], expertsPerToken: 2) }  // one decode shape
+        XCTAssertEqual(b.templates.builds, 1)
+        _ = b.templates.template(tokens: 1, expertsPerToken: 2)
+        XCTAssertEqual(b.templates.builds, 1)
+        b.templates.removeAll()  // memory warning
+        _ = b.templates.template(tokens: 1, expertsPerToken: 2)
+        XCTAssertEqual(b.templates.builds, 2, "rebuilt on demand")
+    }
+
+    func testEncoderCallsPerDecodeStep() throws {
+        let b = try backend()
+        let launches = b.templates.template(tokens: 1, expertsPerToken: 2).instantiate(position: 17)
+        let index = Dictionary(uniqueKeysWithValues: KernelSources.kernelNames.enumerated().map { ($1, $0) })
+        let n = EncoderCallCount(launches, kernelIndex: { index[$0]! })
+        // Embed; per layer 10, + 2 RoPE/qk-norm launches on RoPE layers (layer 1 has none); final norm + head.
+        let c = b.config
+        XCTAssertEqual(n.dispatches, 1 + (0..<c.numHiddenLayers).map { c.usesRope(layer: $0) || c.usesQKNorm(layer: $0) ? 12 : 10 }.reduce(0, +) + 2)
+        XCTAssertLessThan(n.encoded, n.naive)
+        XCTAssertGreaterThan(n.skipped, 0)
+        print("encoder calls per decode step (tiny fixture): naive \(n.naive), encoded \(n.encoded) " +
+              "(pipelines \(n.pipelines), setBuffer \(n.setBuffer), setBufferOffset \(n.setOffset), setBytes \(n.setBytes), skipped \(n.skipped))")
+    }
+
+    func testClosedGateHoldsTheSubmission() async throws {
+        let session = try backend().makeSession(capacity: 8) as! GPUSession
+        let gate = ComputeGate()
+        gate.close()
+        let task = Task { try await session.forward([0], expertsPerToken: 2, gate: gate) }
+        for _ in 0..<2000 where gate.waits == 0 { try await Task.sleep(nanoseconds: 1_000_000) }
+        XCTAssertEqual((session.executor as! EmulatorExecutor).launchCount, 0, "nothing submitted while paused")
+        gate.open()
+        _ = try await task.value
+        XCTAssertGreaterThan((session.executor as! EmulatorExecutor).launchCount, 0)
+        XCTAssertEqual(session.position, 1)
     }
 }

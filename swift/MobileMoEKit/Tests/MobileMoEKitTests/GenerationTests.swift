@@ -110,7 +110,8 @@ final class GenerationTests: XCTestCase {
         // Run the loop inside a task that is already cancelled: no forward pass, reason .cancelled.
         let task = Task { () -> GenerationInfo in
             withUnsafeCurrentTask { $0?.cancel() }
-            return try await GenerationLoop(model: Self.model, parameters: .init(maxTokens: 5)).run(promptIds: [0, 5, 6]) { _ in }
+            let session = try Self.model.backend.makeSession(capacity: 16)
+            return try await GenerationLoop(model: Self.model, parameters: .init(maxTokens: 5)).run(session: session, newTokens: [0, 5, 6]) { _ in }
         }
         let info = try await task.value
         XCTAssertEqual(info.stopReason, .cancelled)
@@ -146,9 +147,9 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(fox.count + info.tokens.count, 512 + 1, "fills max_position_embeddings, plus the last sampled token")
     }
 
-    func testContextLimit() throws {
+    func testContextLimit() async throws {
         let session = try Self.model.backend.makeSession(capacity: 4)
-        XCTAssertThrowsError(try session.forward([0, 1, 2, 3, 4], expertsPerToken: 2))
-        XCTAssertThrowsError(try session.forward([600], expertsPerToken: 2))
+        await XCTAssertThrowsErrorAsync(try await session.forward([0, 1, 2, 3, 4], expertsPerToken: 2))
+        await XCTAssertThrowsErrorAsync(try await session.forward([600], expertsPerToken: 2))
     }
 }

@@ -39,7 +39,7 @@ final class ModelFixtureTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(dotGW / (gg.squareRoot() * ww.squareRoot()), 0.99999, "\(what): cosine")
     }
 
-    func check(_ name: String) throws {
+    func check(_ name: String) async throws {
         let (backend, cases) = try load(name)
         let V = backend.config.vocabSize
         for (n, c) in cases.enumerated() {
@@ -52,25 +52,25 @@ final class ModelFixtureTests: XCTestCase {
             // Decode: one token at a time through the KV cache.
             let step = try backend.makeSession(capacity: 64)
             for (t, id) in c.promptIds.enumerated() {
-                let logits = try step.forward([id], expertsPerToken: backend.config.numExpertsPerTok)
+                let logits = try await step.forward([id], expertsPerToken: backend.config.numExpertsPerTok)
                 assertClose(logits, c.logits[t], "\(name) case \(n) decode position \(t)")
             }
             // Greedy continuation.
             let g = try backend.makeSession(capacity: 64)
-            var logits = try g.forward(c.promptIds, expertsPerToken: backend.config.numExpertsPerTok)
+            var logits = try await g.forward(c.promptIds, expertsPerToken: backend.config.numExpertsPerTok)
             var tokens: [Int] = []
             for _ in c.greedy {
                 let next = Sampler.argmax(logits)
                 tokens.append(next)
-                logits = try g.forward([next], expertsPerToken: backend.config.numExpertsPerTok)
+                logits = try await g.forward([next], expertsPerToken: backend.config.numExpertsPerTok)
             }
             XCTAssertEqual(tokens, c.greedy, "\(name) case \(n) greedy tokens")
         }
     }
 
-    func testQATCheckpointMatchesPython() throws { try check("tiny-qat") }
+    func testQATCheckpointMatchesPython() async throws { try await check("tiny-qat") }
 
-    func testBF16CheckpointMatchesPython() throws { try check("tiny-bf16") }
+    func testBF16CheckpointMatchesPython() async throws { try await check("tiny-bf16") }
 
     func testUnknownTensorIsNamed() throws {
         let dir = Fixtures.url("tiny-qat")

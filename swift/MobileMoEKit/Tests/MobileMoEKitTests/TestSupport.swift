@@ -30,3 +30,16 @@ func safetensorsBytes(header: String, data: [UInt8], headerLength: UInt64? = nil
     out.append(contentsOf: data)
     return out
 }
+
+/// XCTAssertThrowsError for async expressions; returns the error.
+@discardableResult
+func XCTAssertThrowsErrorAsync<T>(_ expression: @autoclosure () async throws -> T, _ message: String = "",
+                                  file: StaticString = #filePath, line: UInt = #line) async -> Error? {
+    do {
+        _ = try await expression()
+        XCTFail("no error thrown \(message)", file: file, line: line)
+        return nil
+    } catch {
+        return error
+    }
+}

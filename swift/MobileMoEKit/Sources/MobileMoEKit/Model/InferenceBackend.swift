@@ -4,26 +4,72 @@
 public protocol InferenceBackend: Sendable {
     var name: String { get }
     var config: ModelConfig { get }
-    /// A fresh session (empty KV cache) able to hold `capacity` tokens.
-    func makeSession(capacity: Int) throws -> InferenceSession
+    /// A fresh session (empty KV cache).
+    func makeSession(_ options: SessionOptions) throws -> InferenceSession
+    /// Bytes of scratch memory a session with these options uses at most (for the budget).
+    func scratchBytes(_ options: SessionOptions) -> Int
 }
 
-public protocol InferenceSession: AnyObject {
-    /// Tokens already in the cache.
+/// What a session's KV cache holds.
+public struct SessionOptions: Sendable, Equatable {
+    /// Positions the session may reach (clamped to max_position_embeddings), unless `maxKVSize`
+    /// makes the cache a rotating window, which has no end.
+    public var capacity: Int
+    public var kvCache: KVCacheType
+    public var maxKVSize: Int?
+    /// Tokens per forward pass (scratch memory).
+    public var maxStep: Int
+
+    public init(capacity: Int, kvCache: KVCacheType = .float32, maxKVSize: Int? = nil, maxStep: Int = 256) {
+        self.capacity = capacity
+        self.kvCache = kvCache
+        self.maxKVSize = maxKVSize
+        self.maxStep = maxStep
+    }
+
+    /// Rows the cache keeps at most (for memory).
+    public func cacheRows(config: ModelConfig) -> Int {
+        if let m = maxKVSize { return m + maxStep }  // a forward appends before the window is cut
+        return min(capacity, config.maxPositionEmbeddings)
+    }
+}
+
+extension InferenceBackend {
+    public func makeSession(capacity: Int) throws -> InferenceSession { try makeSession(SessionOptions(capacity: capacity)) }
+}
+
+/// Used by one task at a time (a generation, a chat session); Sendable so it can move between them.
+public protocol InferenceSession: AnyObject, Sendable {
+    /// Tokens fed so far (positions used).
     var position: Int { get }
-    /// Tokens the cache can hold (at most max_position_embeddings).
+    /// Positions the session can reach.
     var capacity: Int { get }
+    /// Bytes the KV cache holds now.
+    var cacheBytes: Int { get }
     /// Appends `tokens` to the cache and returns the logits of the last one (vocab_size values).
-    /// `expertsPerToken` overrides the config's top-k (adaptive compute).
-    func forward(_ tokens: [Int], expertsPerToken: Int) throws -> [Float]
+    /// `expertsPerToken` overrides the config's top-k (adaptive compute). `gate` is waited on
+    /// before any GPU submission (app lifecycle).
+    func forward(_ tokens: [Int], expertsPerToken: Int, gate: ComputeGate?) async throws -> [Float]
+    /// Forgets every position >= `position`; false when the cache no longer holds what the
+    /// positions before need (a rotating window moved on): start a new session then.
+    func truncate(to position: Int) -> Bool
 }
 
-public enum InferenceError: Error, CustomStringConvertible {
+extension InferenceSession {
+    public func forward(_ tokens: [Int], expertsPerToken: Int) async throws -> [Float] {
+        try await forward(tokens, expertsPerToken: expertsPerToken, gate: nil)
+    }
+}
+
+public enum InferenceError: Error, CustomStringConvertible, Equatable {
     case contextFull(capacity: Int)
     case tokenOutOfRange(Int, vocab: Int)
     case badExpertsPerToken(Int, experts: Int)
     case backendUnavailable(String)
     case emptyPrompt
+    case badParameter(String)
+    case insufficientMemory(String)
+    case sessionBusy
 
     public var description: String {
         switch self {
@@ -32,6 +78,9 @@ public enum InferenceError: Error, CustomStringConvertible {
         case let .badExpertsPerToken(k, e): return "experts per token must be in 1...\(e), got \(k)"
         case let .backendUnavailable(why): return "backend unavailable: \(why)"
         case .emptyPrompt: return "the prompt has no tokens"
+        case let .badParameter(why): return "bad generation parameter: \(why)"
+        case let .insufficientMemory(why): return "not enough memory: \(why)"
+        case .sessionBusy: return "the chat session is already generating a reply"
         }
     }
 }

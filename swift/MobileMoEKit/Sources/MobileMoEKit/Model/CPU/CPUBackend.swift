@@ -14,29 +14,55 @@ public final class CPUBackend: InferenceBackend {
         invFreq = ropeInverseFrequencies(headDim: c.headDim, theta: c.ropeTheta, scaling: c.ropeScaling)
     }
 
-    public func makeSession(capacity: Int) throws -> InferenceSession {
-        CPUSession(backend: self, capacity: min(capacity, config.maxPositionEmbeddings))
+    public func makeSession(_ options: SessionOptions) throws -> InferenceSession {
+        CPUSession(backend: self, options: options)
+    }
+
+    /// Activations of one forward pass of `maxStep` tokens (estimate: the largest arrays alive
+    /// together), plus the logits.
+    public func scratchBytes(_ o: SessionOptions) -> Int {
+        let c = config, T = max(o.maxStep, 1), H = c.hiddenSize, QD = c.numAttentionHeads * c.headDim
+        let KV = 2 * c.numKeyValueHeads * c.headDim, k = c.numExpertsPerTok
+        let rows = o.cacheRows(config: c)
+        let perToken = 6 * H + 3 * QD + KV + k * H + 2 * k * c.intermediateSize + 3 * c.intermediateSizeMLP
+        return 4 * (T * perToken + rows + c.vocabSize)
     }
 }
 
-final class CPUSession: InferenceSession {
+final class CPUSession: InferenceSession, @unchecked Sendable {
     let backend: CPUBackend
     let capacity: Int
     private(set) var position = 0
-    /// Per layer, [position][kvHeads * headDim].
-    private var keys: [[Float]]
-    private var values: [[Float]]
+    /// Per layer, rows of [kvHeads * headDim].
+    private var keys: [KVRows]
+    private var values: [KVRows]
+    private var rowPositions: RowPositions
 
-    init(backend: CPUBackend, capacity: Int) {
+    init(backend: CPUBackend, options: SessionOptions) {
         self.backend = backend
-        self.capacity = capacity
-        let n = backend.config.numHiddenLayers
-        keys = Array(repeating: [], count: n)
-        values = Array(repeating: [], count: n)
+        let c = backend.config
+        // A rotating window has no end; RoPE positions keep counting (as mlx-lm).
+        capacity = options.maxKVSize == nil ? min(options.capacity, c.maxPositionEmbeddings) : Int.max / 2
+        let rows = KVRows(type: options.kvCache, heads: c.numKeyValueHeads, headDim: c.headDim)
+        keys = Array(repeating: rows, count: c.numHiddenLayers)
+        values = keys
+        rowPositions = RowPositions(maxKV: options.maxKVSize)
     }
 
-    func forward(_ tokens: [Int], expertsPerToken: Int) throws -> [Float] {
+    var cacheBytes: Int { keys.reduce(0) { $0 + $1.bytes } + values.reduce(0) { $0 + $1.bytes } }
+
+    func forward(_ tokens: [Int], expertsPerToken: Int, gate: ComputeGate?) async throws -> [Float] {
         try forwardAll(tokens, expertsPerToken: expertsPerToken, allLogits: false)
+    }
+
+    func truncate(to n: Int) -> Bool {
+        guard n >= 0, n <= position, rowPositions.canTruncate(to: n) else { return false }
+        let rows = n <= RotatingWindow.keep ? n : RotatingWindow.keep + (n - rowPositions.windowStart)
+        for i in keys.indices { keys[i].truncate(rows: rows); values[i].truncate(rows: rows) }
+        rowPositions.stored = rows
+        if n <= RotatingWindow.keep { rowPositions.windowStart = RotatingWindow.keep }
+        position = n
+        return true
     }
 
     /// Logits of the last token, or of every token ([T * V]) when `allLogits`.
@@ -54,6 +80,12 @@ final class CPUSession: InferenceSession {
             moeBlock(weights: layer, x: &x, T: T, k: k)
         }
         position += T
+        rowPositions.stored += T
+        if let drop = rowPositions.rowsToDrop(lastQuery: position - 1) {
+            for i in keys.indices { keys[i].remove(drop.lowerBound, drop.upperBound); values[i].remove(drop.lowerBound, drop.upperBound) }
+            rowPositions.stored -= drop.count
+            rowPositions.windowStart += drop.count
+        }
         let rows = allLogits ? Array(0..<T) : [T - 1]
         var h = [Float](repeating: 0, count: rows.count * H)
         for (j, t) in rows.enumerated() {
@@ -86,28 +118,38 @@ final class CPUSession: InferenceSession {
                 }
             }
         }
-        keys[i].append(contentsOf: k)
-        values[i].append(contentsOf: v)
+        k.withUnsafeBufferPointer { keys[i].append($0.baseAddress!, rows: T) }
+        v.withUnsafeBufferPointer { values[i].append($0.baseAddress!, rows: T) }
 
         let scale = 1 / Float(D).squareRoot()
+        let stored = rowPositions.stored + T, rp = rowPositions
         var out = [Float](repeating: 0, count: T * nH * D)
-        keys[i].withUnsafeBufferPointer { kc in
-            values[i].withUnsafeBufferPointer { vc in
+        keys[i].withReader { kc in
+            values[i].withReader { vc in
                 q.withUnsafeBufferPointer { qb in
                     out.withUnsafeMutableBufferPointer { ob in
-                        var scores = [Float](repeating: 0, count: position + T)
+                        var scores = [Float](repeating: 0, count: stored)
+                        var rowOf = [Int](repeating: 0, count: stored)
+                        var tmp = [Float](repeating: 0, count: D)
                         scores.withUnsafeMutableBufferPointer { sb in
-                            for t in 0..<T {
-                                let n = position + t + 1  // causal: keys 0...position+t
-                                for h in 0..<nH {
-                                    let qh = qb.baseAddress! + (t * nH + h) * D
-                                    let kvh = h / group
-                                    for p in 0..<n {
-                                        sb[p] = dot(qh, kc.baseAddress! + (p * nKV + kvh) * D, D) * scale
+                            tmp.withUnsafeMutableBufferPointer { tb in
+                                let scratch = tb.baseAddress!
+                                for t in 0..<T {
+                                    // Causal (positions <= P) and, for a rotating window, visible from P.
+                                    let P = position + t
+                                    var n = 0
+                                    for r in 0..<stored {
+                                        let p = rp.position(ofRow: r)
+                                        if p <= P && rp.visible(p, from: P) { rowOf[n] = r; n += 1 }
                                     }
-                                    softmax(sb.baseAddress!, n)
-                                    let oh = ob.baseAddress! + (t * nH + h) * D
-                                    for p in 0..<n { axpy(sb[p], vc.baseAddress! + (p * nKV + kvh) * D, oh, D) }
+                                    for h in 0..<nH {
+                                        let qh = qb.baseAddress! + (t * nH + h) * D
+                                        let kvh = h / group
+                                        for j in 0..<n { sb[j] = dot(qh, kc.head(rowOf[j], kvh, scratch: scratch), D) * scale }
+                                        softmax(sb.baseAddress!, n)
+                                        let oh = ob.baseAddress! + (t * nH + h) * D
+                                        for j in 0..<n { axpy(sb[j], vc.head(rowOf[j], kvh, scratch: scratch), oh, D) }
+                                    }
                                 }
                             }
                         }

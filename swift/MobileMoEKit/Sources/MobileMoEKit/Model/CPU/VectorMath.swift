@@ -70,14 +70,19 @@ func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
     for i in 0..<n { x[i] *= inv }
 }
 
-/// Splits 0..<count into chunks run concurrently (serially when the work is small).
+/// Splits 0..<count into chunks run concurrently (serially when the work is small). `body` is
+/// called from several threads at once: callers write disjoint ranges of their output, which is
+/// what makes the unchecked hand-over to concurrentPerform (Swift 6: not Sendable) sound.
 func parallelFor(_ count: Int, minChunk: Int, _ body: (Range<Int>) -> Void) {
     let cores = ProcessInfo.processInfo.activeProcessorCount
     let chunks = min(cores, max(1, count / max(minChunk, 1)))
     if chunks <= 1 { body(0..<count); return }
     let size = (count + chunks - 1) / chunks
-    DispatchQueue.concurrentPerform(iterations: chunks) { c in
-        let lo = c * size, hi = min(count, lo + size)
-        if lo < hi { body(lo..<hi) }
+    withoutActuallyEscaping(body) { body in
+        nonisolated(unsafe) let run = body
+        DispatchQueue.concurrentPerform(iterations: chunks) { c in
+            let lo = c * size, hi = min(count, lo + size)
+            if lo < hi { run(lo..<hi) }
+        }
     }
 }

@@ -35,12 +35,12 @@ struct Binding: Hashable {
     var offset: Int = 0
 }
 
-struct KernelLaunch {
+struct KernelLaunch: Equatable {
     /// The Metal entry point (and emulator case) name.
     let kernel: String
     /// Buffer arguments in entry-point order (buffer index = position), including .dims/.fp.
-    let bindings: [Binding]
-    let dims: [Int32]      // padded to 16
+    var bindings: [Binding]
+    var dims: [Int32]      // padded to 16
     let fp: [Float]        // padded to 8
     /// Threadgroups of 256 threads (1-D).
     let groups: Int
