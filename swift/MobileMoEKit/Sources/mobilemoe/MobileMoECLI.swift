@@ -38,7 +38,7 @@ struct MobileMoECLI {
             switch event {
             case let .chunk(text):
                 print(text, terminator: "")
-                fflush(stdout)
+                fflush(nil)  // all streams (stdout is a C global: not Swift 6 concurrency-safe)
             case let .info(i):
                 print("")
                 log(String(format: "prompt: %d tokens (%d cached), %.1f tokens/s | generation: %d tokens, %.1f tokens/s | experts/token %d | %@ | stop: %@",
@@ -63,7 +63,7 @@ struct MobileMoECLI {
                 print("> \(p)")
             } else {
                 print("> ", terminator: "")
-                fflush(stdout)
+                fflush(nil)  // all streams (stdout is a C global: not Swift 6 concurrency-safe)
                 guard let l = readLine() else { break }
                 line = l
             }

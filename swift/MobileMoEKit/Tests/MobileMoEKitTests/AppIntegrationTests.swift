@@ -130,6 +130,7 @@ final class AppIntegrationTests: XCTestCase {
         source.send(.willResignActive)
         for _ in 0..<2000 where model.gate.waits == 0 { try await Task.sleep(nanoseconds: 1_000_000) }
         XCTAssertEqual(model.gate.waits, 1, "the generation waits at the gate")
+        try await Task.sleep(nanoseconds: 100_000_000)  // chunks yielded before the wait may still be in flight
         let seen = chunks.all.count
         try await Task.sleep(nanoseconds: 200_000_000)
         XCTAssertEqual(chunks.all.count, seen, "no forward pass while inactive")

@@ -62,7 +62,7 @@ final class ChatSessionTests: XCTestCase {
         let before = await chat.cachedTokenCount
         XCTAssertGreaterThan(before, 0)
         model.handleMemoryWarning()
-        for _ in 0..<200 where await chat.cachedTokenCount > 0 { try await Task.sleep(nanoseconds: 5_000_000) }
+        for _ in 0..<2000 where await chat.cachedTokenCount > 0 { try await Task.sleep(nanoseconds: 5_000_000) }
         let after = await chat.cachedTokenCount
         XCTAssertEqual(after, 0)
         let (_, info) = try await infoOf(chat.streamResponse(to: "Again"))

@@ -64,9 +64,9 @@ public actor ChatSession {
 
     /// The whole reply to `message`.
     public func respond(to message: String) async throws -> String {
-        var reply = ""
-        _ = try await turn(message) { reply += $0 }
-        return reply
+        let reply = TextBuffer()
+        _ = try await turn(message) { reply.append($0) }
+        return reply.text
     }
 
     /// Forgets the conversation and the KV cache (the instructions stay).
@@ -85,7 +85,7 @@ public actor ChatSession {
     }
 
     /// One turn: render, reuse the shared prefix of the cache, prefill the rest, generate.
-    func turn(_ message: String, onText: (String) -> Void) async throws -> GenerationInfo {
+    func turn(_ message: String, onText: @escaping @Sendable (String) -> Void) async throws -> GenerationInfo {
         guard !busy else { throw InferenceError.sessionBusy }
         busy = true
         defer {
@@ -116,12 +116,12 @@ public actor ChatSession {
             shared = 0
         }
         let s = session!
-        var reply = ""
+        let reply = TextBuffer()
         let info: GenerationInfo
         do {
             info = try await GenerationLoop(model: model, parameters: p)
                 .run(session: s, context: Array(ids[..<shared]), newTokens: Array(ids[shared...])) { text in
-                    reply += text
+                    reply.append(text)
                     onText(text)
                 }
         } catch {
@@ -131,9 +131,17 @@ public actor ChatSession {
         // The cache holds the prompt, then every generated token that was fed back.
         cachedTokens = Array((ids + info.tokens).prefix(s.position))
         messages.append(.user(message))
-        messages.append(.assistant(reply))
+        messages.append(.assistant(reply.text))
         return info
     }
+}
+
+/// Text collected from the generation task.
+final class TextBuffer: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = ""
+    func append(_ s: String) { lock.lock(); value += s; lock.unlock() }
+    var text: String { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 /// One holder at a time, first come first served (the container's model access).

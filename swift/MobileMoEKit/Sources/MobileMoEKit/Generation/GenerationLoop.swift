@@ -25,7 +25,8 @@ struct GenerationLoop {
 
     /// Feeds `newTokens` after the `context` already in `session` (penalties look at both),
     /// then generates.
-    func run(session: InferenceSession, context: [Int] = [], newTokens: [Int], onText: (String) -> Void) async throws -> GenerationInfo {
+    func run(session: InferenceSession, context: [Int] = [], newTokens: [Int],
+             onText: @Sendable (String) -> Void) async throws -> GenerationInfo {
         GenerationLoop.running.add(1)
         defer { GenerationLoop.running.add(-1) }
         let config = model.configuration
