@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import atomic_folder
+from ..fsutil import atomic_folder
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".text", ""}
 
