@@ -261,11 +261,11 @@ class _Data:
         return xy[:, :-1], xy[:, 1:], np.ones((len(xy), 8), np.float32)
 
 
-def test_non_finite_step_is_skipped_without_touching_weights(tmp_path, corpus):
+def test_non_finite_step_is_skipped_without_touching_weights(tmp_path, pretrained):
     cfg = make_config(model="tiny", data="x", out=str(tmp_path / "nan"), steps=3,
                       batch_size=2, seq_len=8, max_bad_steps=2, compile=False, log_every=100)
     model = Model(preset("tiny"))
-    tr = Trainer(cfg, model, _Data(), corpus / "cache", {})
+    tr = Trainer(cfg, model, _Data(), pretrained, {})
     real = tr._grad_step
     calls = []
 
