@@ -234,13 +234,21 @@ def _number(name, v, lo=None, hi=None, lo_open=False, hi_open=False, integer=Fal
         raise TrainConfigError(f"{name} must be {kind}, got {v!r}")
     if not math.isfinite(v):
         raise TrainConfigError(f"{name} must be finite, got {v!r}")
+    if integer and abs(v) > 2 ** 63:
+        raise TrainConfigError(f"{name} must be <= {MAX_INT}, got {v:g}")
     v = int(v) if integer else float(v)
     if lo is not None and (v < lo or (lo_open and v == lo)):
-        raise TrainConfigError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+        raise TrainConfigError(f"{name} must be {'>' if lo_open else '>='} {_show(lo)}, got "
+                               f"{_show(v)}")
     hi = MAX_INT if hi is None and integer else hi
     if hi is not None and (v > hi or (hi_open and v == hi)):
-        raise TrainConfigError(f"{name} must be {'<' if hi_open else '<='} {hi:g}, got {v:g}")
+        raise TrainConfigError(f"{name} must be {'<' if hi_open else '<='} {_show(hi)}, got "
+                               f"{_show(v)}")
     return v
+
+
+def _show(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
 
 
 def validate(cfg: TrainConfig) -> None:
