@@ -14,10 +14,12 @@ interrupted commit (rolling forward to the newest complete folder) and deletes s
 every writer and `--resume` call it first. The commit steps run under an flock on the parent
 folder, so two writers in one parent do not interleave their renames.
 
-What may be replaced: entries whose names the project writes (`PROJECT_NAMES`). Any other
+What may be replaced: entries whose names the writer owns (`owned`: by default the names of
+checkpoint, QAT state and token folders; the trainer also owns a run's files). Any other
 entry of an existing target is "foreign": `foreign="refuse"` raises OutputFolderError before
-anything is written, `foreign="keep"` carries it into the new folder. `keep` names entries
-that are always carried over (a run folder's data cache).
+anything is written, `foreign="keep"` carries it into the new folder. So a writer deletes
+only what it writes: `save` onto a run folder is refused rather than dropping its
+train_state/. `keep` names entries that are always carried over (a run's data cache).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ CHECKPOINT_NAMES = ("config.json", "generation_config.json", "model.safetensors"
 RUN_NAMES = ("train_state", "metrics.jsonl", "eval.json", "train_config.yaml")
 QAT_STATE_NAMES = ("qat.json", "qat.safetensors")
 TOKEN_NAMES = ("train.bin", "val.bin", "lines.bin", "meta.json")
-PROJECT_NAMES = CHECKPOINT_NAMES + RUN_NAMES + QAT_STATE_NAMES + TOKEN_NAMES
+WRITER_NAMES = CHECKPOINT_NAMES + QAT_STATE_NAMES + TOKEN_NAMES  # atomic_folder's default
+PROJECT_NAMES = WRITER_NAMES + RUN_NAMES
 
 JOURNAL = ".mlx_mobilemoe-carry.json"
 
@@ -50,8 +53,8 @@ class OutputFolderError(ValueError):
     """An output folder we may not write: it holds files the project did not write."""
 
 
-def is_project_name(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pat) for pat in PROJECT_NAMES)
+def _owned(name: str, owned) -> bool:
+    return any(fnmatch.fnmatchcase(name, pat) for pat in owned)
 
 
 def _names(path: Path) -> dict:
@@ -69,45 +72,47 @@ def staging_names(path) -> list:
     return out + [q for q in (nm["complete"], nm["old"]) if q.exists()]
 
 
-def foreign_entries(path, keep: Iterable[str] = ()) -> list:
-    """Entries of an existing folder that the project did not write (sorted names)."""
+def foreign_entries(path, keep: Iterable[str] = (), owned=PROJECT_NAMES) -> list:
+    """Entries of an existing folder that are neither owned nor kept (sorted names)."""
     p = Path(path)
     if not p.is_dir():
         return []
-    return sorted(e for e in _listdir(p) if not is_project_name(e) and e not in set(keep))
+    return sorted(e for e in _listdir(p) if not _owned(e, owned) and e not in set(keep))
 
 
-def check_target(path, foreign: str = "refuse", keep: Iterable[str] = ()) -> None:
+def check_target(path, foreign: str = "refuse", keep: Iterable[str] = (),
+                 owned=WRITER_NAMES) -> None:
     """Refuse (OutputFolderError) a target that is not a folder, or that holds foreign
     entries when foreign="refuse"."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise OutputFolderError(f"{p} exists and is not a folder")
     if foreign == "refuse":
-        bad = foreign_entries(p, keep)
+        bad = foreign_entries(p, keep, owned)
         if bad:
             shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
             raise OutputFolderError(
-                f"{p} holds files this project did not write ({shown}); they would be lost: "
-                "choose another folder, or move them away")
+                f"{p} holds files this writer does not replace ({shown}); writing here would "
+                "lose them: choose another folder, or move them away")
 
 
 @contextlib.contextmanager
-def atomic_folder(path, foreign: str = "refuse", keep: Iterable[str] = ()):
+def atomic_folder(path, foreign: str = "refuse", keep: Iterable[str] = (),
+                  owned=WRITER_NAMES):
     """Yield an empty staging folder; on success it becomes `path` (see the module doc), on
     an exception it vanishes and `path` stays as it was."""
     if foreign not in ("refuse", "keep"):
         raise ValueError(f"foreign must be 'refuse' or 'keep', got {foreign!r}")
     path = _target(path)
-    keep = tuple(keep)
+    keep, owned = tuple(keep), tuple(owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _parent_lock(path.parent):
         _recover_locked(path)
-        check_target(path, foreign, keep)
+        check_target(path, foreign, keep, owned)
         tmp, lock = _make_partial(path)
     try:
         yield tmp
-        _commit(tmp, path, foreign, keep)
+        _commit(tmp, path, foreign, keep, owned)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -243,15 +248,15 @@ def _carry(journal_dir: Path, src: Path) -> None:
     _fsync_path(journal_dir)
 
 
-def _commit(tmp: Path, path: Path, foreign: str, keep: tuple) -> None:
+def _commit(tmp: Path, path: Path, foreign: str, keep: tuple, owned: tuple) -> None:
     _fsync_tree(tmp)
     with _parent_lock(path.parent):
         _recover_locked(path, skip=tmp)
-        check_target(path, foreign, keep)  # again: files may have appeared while writing
+        check_target(path, foreign, keep, owned)  # again: files may have appeared meanwhile
         if path.exists():
             new = set(_listdir(tmp))
             carry = [e for e in _listdir(path) if e not in new
-                     and (e in keep or not is_project_name(e))]
+                     and (e in keep or not _owned(e, owned))]
             if carry:
                 (tmp / JOURNAL).write_text(json.dumps(sorted(carry)))
                 _fsync_path(tmp / JOURNAL)

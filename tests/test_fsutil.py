@@ -86,7 +86,7 @@ def _check(out, allowed):
 
 
 def _save(out):
-    with atomic_folder(out, foreign="keep", keep=("cache",)) as tmp:
+    with atomic_folder(out, foreign="keep", keep=("cache",), owned=fsutil.PROJECT_NAMES) as tmp:
         _write(tmp, "2")
 
 
@@ -130,9 +130,9 @@ def test_stale_partials_are_removed_live_ones_kept(tmp_path):
     n, _ = _run_killed(lambda: _save(out), 10 ** 9)
     _, killed = _run_killed(lambda: _save(out), n - 8)
     assert killed and staging_names(out)
-    with atomic_folder(out, foreign="keep") as tmp:  # a live writer in this process...
+    with atomic_folder(out, foreign="keep", owned=fsutil.PROJECT_NAMES) as tmp:  # live...
         live = [p for p in staging_names(out) if p.name.endswith(tmp.name[-8:])]
-        recover(out)  # ...is not stale; the killed one is
+        recover(out)  # ...writer is not stale; the killed one is
         assert staging_names(out) == live
         _write(tmp, "3")
     assert (out / "config.json").read_text() == "3" and not staging_names(out)
@@ -147,6 +147,14 @@ def test_foreign_files_are_refused_never_deleted(tmp_path):
             _write(tmp, "1")
     assert (home / "thesis.tex").read_text() == "years of work"
     assert sorted(os.listdir(tmp_path)) == ["home"]  # nothing left behind
+    # a checkpoint writer does not replace a run's files: save onto a run folder is refused
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run, "1")
+    with pytest.raises(OutputFolderError, match="train_state"):
+        with atomic_folder(run) as tmp:
+            (tmp / "config.json").write_text("2")
+    assert (run / "config.json").read_text() == "1"
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(OutputFolderError, match="not a folder"):

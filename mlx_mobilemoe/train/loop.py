@@ -470,7 +470,8 @@ class Trainer:
                                 f"saved: {kept} in {self.out}")
         out = self.out
         keep = [_cache_entry(self.cfg)] if _cache_entry(self.cfg) else []
-        with fsutil.atomic_folder(out, foreign="keep", keep=keep) as tmp:
+        with fsutil.atomic_folder(out, foreign="keep", keep=keep,
+                                  owned=fsutil.PROJECT_NAMES) as tmp:
             view = self.save_view(self.model) if self.save_view else _null_view(self.model)
             with view as m:
                 checkpoint.write_folder(m, None, tmp)
