@@ -12,7 +12,9 @@ a checkpoint is being written: while the staging folder is written, once it is c
 once the previous checkpoint has been renamed away (the state with no `out/` at all).
 After each kill the on-disk state is copied aside, recovered (fsutil.recover, as `--resume`
 does) and opened like `generate --model` would; then the run restarts with `--resume` (or
-from scratch if no checkpoint was complete yet).
+from scratch if no checkpoint was complete yet). A run that reaches its last step has every
+step's loss compared with an uninterrupted reference run (resume is exact), and the next
+kills go to a new run, until --kills is reached.
 """
 
 from __future__ import annotations
@@ -167,7 +169,6 @@ def main(argv=None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="kill9."))
     work.mkdir(parents=True, exist_ok=True)
     data = corpus(work / "plays.txt")
-    out = work / "runs" / "run"
     t_start = time.perf_counter()
     report = {"kills": 0, "kill_states": {}, "restarts": 0, "resumed": 0, "unreadable": 0,
               "missing_tokenizer": 0, "leftovers_after_recovery": 0, "max_steps_lost": 0,
@@ -192,6 +193,28 @@ def main(argv=None) -> int:
     life = max(startup, 1.0) + 1.0  # time kills land in start-up or the first second after
     report["startup_seconds"] = round(startup, 1)
 
+    def finish_round(out, rc):
+        """A run that reached its last step: compare every step's loss with the reference."""
+        final = {r["step"]: r["loss"] for r in metric_lines(out)
+                 if "loss" in r and "eval" not in r}
+        report["rounds"] += 1
+        if rc != 0 or max(final, default=0) != a.steps:
+            report["failures"].append(f"{out.name}: rc {rc}, reached step "
+                                      f"{max(final, default=0)}")
+        if ref_losses is not None:
+            same = sorted(final) == sorted(ref_losses)
+            diff = max((abs(final[s] - ref_losses[s]) for s in ref_losses if s in final),
+                       default=float("inf"))
+            report["max_loss_diff_vs_reference"] = max(
+                report.get("max_loss_diff_vs_reference", 0.0), diff)
+            if not (same and diff <= 1e-5):
+                report["failures"].append(f"{out.name}: losses differ from the "
+                                          f"uninterrupted run (max diff {diff})")
+
+    # Rounds: a run killed and resumed until it reaches its last step; then a new run, until
+    # the number of kills is reached.
+    report["rounds"] = 0
+    out = work / "runs" / "run1"
     expected = None  # the checkpoint step the next start must resume from
     while report["kills"] < a.kills:
         resume = expected is not None
@@ -201,11 +224,14 @@ def main(argv=None) -> int:
         killed, rc, state = run_until_killed(cmd, log, out, mode, rng, life)
         report["restarts"] += 1
         if not killed:
-            if rc == 0:
-                break  # the run finished before we struck: done early
-            report["failures"].append(f"restart {report['restarts']} exited with rc {rc}"
-                                      f" (resume={resume})")
-            break
+            if rc != 0:
+                report["failures"].append(f"restart {report['restarts']} exited with rc {rc}"
+                                          f" (resume={resume})")
+                break
+            finish_round(out, rc)  # it finished before we struck: next round
+            out = work / "runs" / f"run{report['rounds'] + 1}"
+            expected = None
+            continue
         report["kills"] += 1
         report["kill_states"][state] = report["kill_states"].get(state, 0) + 1
         report["resumed"] += resume
@@ -229,22 +255,10 @@ def main(argv=None) -> int:
                                       f"step {expected} to {new_expected}")
         expected = new_expected
 
-    # finish the run uninterrupted and compare with the reference
+    # finish the last run uninterrupted
     cmd = train_cmd(data, out, a.steps, a.save_every, ["--resume"] if expected else [])
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    report["final_rc"] = rc
-    final = {r["step"]: r["loss"] for r in metric_lines(out) if "loss" in r and "eval" not in r}
-    report["final_step"] = max(final, default=0)
-    if rc != 0 or report["final_step"] != a.steps:
-        report["failures"].append(f"final run: rc {rc}, reached step {report['final_step']}")
-    if ref_losses is not None:
-        diff = max((abs(final[s] - ref_losses[s]) for s in ref_losses if s in final),
-                   default=float("inf"))
-        report["final_losses_match_reference"] = sorted(final) == sorted(ref_losses) \
-            and diff <= 1e-5
-        report["max_loss_diff_vs_reference"] = diff
-        if not report["final_losses_match_reference"]:
-            report["failures"].append("final losses differ from the uninterrupted run")
+    finish_round(out, rc)
     if report["max_steps_lost"] > a.save_every:
         report["failures"].append(f"lost {report['max_steps_lost']} steps > save_every")
     for k in ("unreadable", "missing_tokenizer", "leftovers_after_recovery"):

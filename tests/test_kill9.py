@@ -18,4 +18,4 @@ def test_kill9_loop_resumes_and_loses_nothing(tmp_path):
     assert report["ok"], report
     assert r.returncode == 0
     assert report["unreadable"] == report["missing_tokenizer"] == 0
-    assert report["max_steps_lost"] <= 2 and report["final_step"] == 16
+    assert report["kills"] == 2 and report["rounds"] >= 1 and report["max_steps_lost"] <= 2
