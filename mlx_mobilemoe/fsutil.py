@@ -41,7 +41,7 @@ CHECKPOINT_NAMES = ("config.json", "generation_config.json", "model.safetensors"
                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                     "chat_template.jinja")
 RUN_NAMES = ("train_state", "metrics.jsonl", "eval.json", "train_config.yaml")
-QAT_STATE_NAMES = ("qat.json", "qat.safetensors")
+QAT_STATE_NAMES = ("qat.json", "qat_weights.safetensors")  # qat.save_qat
 TOKEN_NAMES = ("train.bin", "val.bin", "lines.bin", "meta.json")
 WRITER_NAMES = CHECKPOINT_NAMES + QAT_STATE_NAMES + TOKEN_NAMES  # atomic_folder's default
 PROJECT_NAMES = WRITER_NAMES + RUN_NAMES

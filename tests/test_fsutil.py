@@ -160,3 +160,13 @@ def test_foreign_files_are_refused_never_deleted(tmp_path):
     with pytest.raises(OutputFolderError, match="not a folder"):
         with atomic_folder(f):
             pass
+
+
+def test_owned_names_match_the_writers():
+    from mlx_mobilemoe import qat
+
+    assert {qat.QAT_STATE, qat.QAT_WEIGHTS} <= set(fsutil.QAT_STATE_NAMES)
+    for name in ("model-00001-of-00003.safetensors", "tokenizer.json", "config.json"):
+        assert fsutil._owned(name, fsutil.WRITER_NAMES)
+    assert not fsutil._owned("train_state", fsutil.WRITER_NAMES)
+    assert fsutil._owned("train_state", fsutil.PROJECT_NAMES)
