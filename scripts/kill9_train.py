@@ -54,7 +54,10 @@ def train_cmd(data: Path, out: Path, steps: int, save_every: int, extra=()) -> l
 
 def staging(out: Path) -> list:
     pre = f".{out.name}."
-    return sorted(e for e in os.listdir(out.parent) if e.startswith(pre))
+    try:
+        return sorted(e for e in os.listdir(out.parent) if e.startswith(pre))
+    except FileNotFoundError:  # killed before it made the folder
+        return []
 
 
 def state_step(folder: Path):

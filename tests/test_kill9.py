@@ -14,6 +14,7 @@ def test_kill9_loop_resumes_and_loses_nothing(tmp_path):
                         "2", "--steps", "16", "--save-every", "2", "--seed", "1",
                         "--no-reference", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.stdout.strip(), r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["ok"], report
     assert r.returncode == 0
