@@ -461,13 +461,13 @@ class Trainer:
         (TrainingError) weights that are not finite: the last checkpoint stays."""
         if not self.world.is_main:
             return
-        if not _all_finite(self.model.parameters()).item():
-            bad = [k for k, v in tree_flatten(self.model.parameters())
-                   if mx.issubdtype(v.dtype, mx.floating) and not mx.isfinite(v).all().item()]
+        try:
+            checkpoint.check_finite(dict(tree_flatten(self.model.parameters())))
+        except checkpoint.CheckpointError as e:
             kept = (f"the checkpoint of step {self.saved_step} is kept"
                     if self.saved_step is not None else "no checkpoint was written")
-            raise TrainingError(f"step {self.step}: non-finite weights ({_short(bad)}); not "
-                                f"saved: {kept} in {self.out}")
+            raise TrainingError(f"step {self.step}: {e}; not saved: {kept} in {self.out}") \
+                from None
         out = self.out
         keep = [_cache_entry(self.cfg)] if _cache_entry(self.cfg) else []
         with fsutil.atomic_folder(out, foreign="keep", keep=keep,
@@ -548,10 +548,6 @@ def _read_tokenizer(tok_dir: Path, model: Model) -> dict:
         raise TrainingError(f"{f}: {n} token ids, more than the model's vocab_size "
                             f"{model.args.vocab_size}")
     return files
-
-
-def _short(names) -> str:
-    return ", ".join(names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
 
 
 class _null_view:
