@@ -9,14 +9,11 @@ dtypes and shapes, so every MobileMoE tool reads what we write.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -24,6 +21,7 @@ import mlx.core as mx
 
 from . import quant
 from .config import ConfigError, ModelArgs
+from .fsutil import atomic_folder
 from .model import Model
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -671,29 +669,18 @@ def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,
         raise CheckpointError("save(quantized=False) of an int4 model would invent float "
                               "weights; load the float checkpoint instead")
     path = Path(path)
-    with atomic_folder(path) as tmp:
-        _write_shards(official_state(model), tmp, max_shard_bytes)
-        (tmp / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp)
+    with atomic_folder(path) as tmp:  # refuses a folder holding files we did not write
+        write_folder(model, tokenizer, tmp, max_shard_bytes)
     return path
 
 
-@contextlib.contextmanager
-def atomic_folder(path: Path):
-    """Yield a temporary sibling folder; on success it replaces `path`, on error it vanishes,
-    so a reader never sees a half-written folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_folder(model: Model, tokenizer, folder: Path, max_shard_bytes: int = 4 << 30):
+    """The checkpoint files of `model` (+ tokenizer) into an existing empty folder, as they
+    are (no layout change; `save` is the atomic, checked entry)."""
+    _write_shards(official_state(model), folder, max_shard_bytes)
+    (folder / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, folder)
 
 
 def save_tokenizer(tokenizer, folder: Path) -> None:

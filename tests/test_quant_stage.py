@@ -73,9 +73,10 @@ def test_qat_stage_refuses_presets_and_int4(float_run, tmp_path, capsys):
     assert main(["stage=qat", f"model={tmp_path / 'int4'}", f"out={tmp_path / 'b'}",
                  *common]) == 1
     assert "already int4" in capsys.readouterr().err
-    assert main(["stage=qat", f"model={flt}", "qat.scales=magic", f"out={tmp_path / 'c'}",
-                 *common]) == 1
-    assert "scales" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a bad setting: refused with the other settings
+        main(["stage=qat", f"model={flt}", "qat.scales=magic", f"out={tmp_path / 'c'}",
+              *common])
+    assert e.value.code == 2 and "scales" in capsys.readouterr().err
 
 
 def test_qat_stage_keeps_line_aligned_windows(float_run, tmp_path, monkeypatch):

@@ -1,8 +1,10 @@
-"""python -m mlx_mobilemoe.train STAGE.yaml [key=value ...] [--resume]
+"""python -m mlx_mobilemoe.train STAGE.yaml [key=value ...] [--resume | --overwrite]
 
 One stage per run. Settings come from the YAML stage file, then `key=value` overrides
 (nested with dots: moe.capacity_factor=2, lora.rank=16; values parsed as YAML).
 Data parallel: mlx.launch -n 2 --backend ring -- python -m mlx_mobilemoe.train STAGE.yaml
+Exit status: 0 done, 1 an error (one line, no traceback), 2 bad settings, 130 stopped by
+Ctrl-C / SIGTERM (after saving a checkpoint, unless pressed twice).
 """
 
 from __future__ import annotations
@@ -19,11 +21,15 @@ def main(argv=None) -> int:
                    help="a YAML stage file and/or key=value overrides")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in `out` from its last checkpoint, exactly")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an `out` that holds an earlier run (replaced) or other "
+                        "files (kept); refused without it")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved settings and exit")
     a = p.parse_args(argv)
 
-    from . import run
+    if a.resume and a.overwrite:
+        p.error("--resume continues the run in `out`; --overwrite starts a new one: not both")
     from .config import TrainConfigError, load_config
 
     files = [i for i in a.items if "=" not in i]
@@ -32,26 +38,36 @@ def main(argv=None) -> int:
         p.error(f"one stage file per run, got {files}")
     try:
         cfg = load_config(files[0] if files else None, overrides)
+        if a.overwrite:
+            cfg.overwrite = True
     except TrainConfigError as e:
         p.error(str(e))
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from .distributed import World
 
+    from . import run
     from ..checkpoint import CheckpointError
-    from .data import DataError
-    from .loop import TrainingError
+    from .data import DataError, check_sources
+    from .distributed import World
+    from .loop import TrainingError, check_out_dir
     from .stages import StageError
 
     try:
+        world = World()
+        check_sources(cfg.data)  # before any tokenizing: a typo fails at once
+        check_out_dir(cfg, a.resume, world.is_main)
         summary = run(cfg, resume=a.resume)
-    except (CheckpointError, DataError, TrainingError, StageError, ValueError) as e:
+    except (CheckpointError, DataError, TrainingError, StageError, ValueError,
+            OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if World().is_main:
+    except KeyboardInterrupt:  # before training started, or a second Ctrl-C
+        print("interrupted (nothing saved since the last checkpoint)", file=sys.stderr)
+        return 130
+    if world.is_main:
         print(json.dumps(summary))
-    return 0
+    return 130 if summary.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -93,6 +94,9 @@ class TrainConfig:
     # Train only the parameters under these module names (e.g. [router]: the routers of an
     # upcycled model, docs/upcycling.md); None: everything the stage trains.
     trainable: Optional[list] = None
+    # Train into an `out` that holds an earlier run (replaced) or files the project did not
+    # write (kept); the CLI's --overwrite. Without it such an `out` is refused.
+    overwrite: bool = False
     moe: dict = field(default_factory=dict)
     lora: dict = field(default_factory=dict)
     qat: dict = field(default_factory=dict)
@@ -126,7 +130,13 @@ def parse_override(item: str) -> dict:
     if "=" not in item:
         raise TrainConfigError(f"override {item!r} is not key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw else None
+    if not key or any(not part for part in key.split(".")):
+        raise TrainConfigError(f"override {item!r}: empty setting name")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"override {item!r}: the value is not valid YAML "
+                               f"({_one_line(e)})") from None
     for part in reversed(key.split(".")[1:]):
         value = {part: value}
     return {key.split(".")[0]: value}
@@ -139,18 +149,24 @@ def make_config(file_values: Optional[dict] = None, overrides=(), **kwargs) -> T
         user = _merge(user, parse_override(item))
     user = _merge(user, kwargs)
     stage = user.get("stage", "pretrain")
+    if not isinstance(stage, str):
+        raise TrainConfigError(f"stage must be a name, got {stage!r}")
+    for section in ("moe", "lora", "qat"):
+        if section in user and not isinstance(user[section], dict):
+            raise TrainConfigError(f"{section} must be a mapping of settings, got "
+                                   f"{user[section]!r}")
     if stage not in STAGE_DEFAULTS:
         raise TrainConfigError(f"unknown stage {stage!r}")
     values = {"moe": dict(MOE_DEFAULTS), "lora": dict(LORA_DEFAULTS), "qat": dict(QAT_DEFAULTS)}
     values = _merge(values, STAGE_DEFAULTS.get(stage, {}))
     values = _merge(values, user)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(map(str, set(values) - known))
     if unknown:
         raise TrainConfigError(f"unknown setting(s): {', '.join(unknown)}")
     for section, defaults in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS),
                               ("qat", QAT_DEFAULTS)):
-        bad = sorted(set(values[section]) - set(defaults))
+        bad = sorted(map(str, set(values[section]) - set(defaults)))
         if bad:
             raise TrainConfigError(f"unknown {section} setting(s): {', '.join(bad)}")
     for k, v in values.items():
@@ -188,11 +204,18 @@ def load_config(path=None, overrides=(), **kwargs) -> TrainConfig:
     values = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
+        if not p.is_file():
             raise TrainConfigError(f"{p}: no such stage file")
-        values = yaml.safe_load(p.read_text()) or {}
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise TrainConfigError(f"{p}: not UTF-8 text") from None
+        except yaml.YAMLError as e:
+            raise TrainConfigError(f"{p}: not valid YAML ({_one_line(e)})") from None
         if not isinstance(values, dict):
             raise TrainConfigError(f"{p}: a stage file is a YAML mapping")
+        if not all(isinstance(k, str) for k in values):
+            raise TrainConfigError(f"{p}: setting names must be strings")
         values = relative_to(values, p.parent)
     return make_config(values, overrides, **kwargs)
 
@@ -211,7 +234,9 @@ def relative_to(values: dict, folder: Path) -> dict:
 
     out = dict(values)
     for k in PATH_SETTINGS:
-        v = out.get(k)
+        if k not in out:
+            continue
+        v = out[k]
         if isinstance(v, list):
             out[k] = [fix(x) for x in v]
         elif isinstance(v, dict) and k == "data":  # {path: weight}
@@ -224,23 +249,150 @@ def relative_to(values: dict, folder: Path) -> dict:
     return out
 
 
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+MAX_INT = 2 ** 31 - 1  # counts and sizes past this are mistakes (and overflow int32 maths)
+
+
+def _number(name, v, lo=None, hi=None, lo_open=False, hi_open=False, integer=False,
+            optional=False):
+    """Check one numeric setting; returns it as int/float. Bools, NaN and inf are refused."""
+    if v is None and optional:
+        return None
+    kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+            (integer and isinstance(v, float) and not v.is_integer()):
+        raise TrainConfigError(f"{name} must be {kind}, got {v!r}")
+    if not math.isfinite(v):
+        raise TrainConfigError(f"{name} must be finite, got {v!r}")
+    if integer and abs(v) > 2 ** 63:
+        raise TrainConfigError(f"{name} must be <= {MAX_INT}, got {v:g}")
+    v = int(v) if integer else float(v)
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise TrainConfigError(f"{name} must be {'>' if lo_open else '>='} {_show(lo)}, got "
+                               f"{_show(v)}")
+    hi = MAX_INT if hi is None and integer else hi
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise TrainConfigError(f"{name} must be {'<' if hi_open else '<='} {_show(hi)}, got "
+                               f"{_show(v)}")
+    return v
+
+
+def _show(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def validate(cfg: TrainConfig) -> None:
+    """Types and ranges of every setting (numbers are normalised to int/float in place)."""
     def bad(msg):
         raise TrainConfigError(msg)
 
-    if cfg.data is None:
+    def num(name, **kw):
+        setattr(cfg, name, _number(name, getattr(cfg, name), **kw))
+
+    def sub(section, key, **kw):
+        getattr(cfg, section)[key] = _number(f"{section}.{key}", getattr(cfg, section)[key],
+                                             **kw)
+
+    if cfg.data is None or cfg.data == [] or cfg.data == {}:
         bad("no training data: set data (files, folders or jsonl)")
-    for name in ("seq_len", "batch_size", "grad_accum", "steps"):
-        if int(getattr(cfg, name)) < 1:
-            bad(f"{name} must be >= 1")
-    if cfg.moe["dispatch"] not in ("drop", "dropless"):
-        bad(f"moe.dispatch must be 'drop' or 'dropless', got {cfg.moe['dispatch']!r}")
-    if cfg.moe["capacity_factor"] <= 0:
-        bad("moe.capacity_factor must be > 0")
+    _check_data_spec(cfg.data)
+    for name in ("seq_len", "batch_size", "grad_accum", "steps", "log_every",
+                 "max_bad_steps"):
+        num(name, lo=1, integer=True)
+    for name in ("warmup", "eval_every", "eval_batches", "save_every"):
+        num(name, lo=0, integer=True)
+    num("seed", lo=0, integer=True)
+    num("stop_after", lo=1, integer=True, optional=True)
+    num("time_budget", lo=0, lo_open=True, optional=True)
+    # AdamW moves each weight by about lr per step: past 1 it only makes noise (or inf)
+    num("lr", lo=0, lo_open=True, hi=1.0)
+    num("min_lr_ratio", lo=0, hi=1)
+    num("weight_decay", lo=0, hi=1)
+    num("grad_clip", lo=0)
+    num("init_std", lo=0, lo_open=True, hi=1.0)
+    num("val_fraction", lo=0, hi=1, lo_open=True, hi_open=True)
+    if not isinstance(cfg.betas, (list, tuple)) or len(cfg.betas) != 2:
+        bad(f"betas must be two numbers [beta1, beta2], got {cfg.betas!r}")
+    cfg.betas = [_number(f"betas[{i}]", b, lo=0, hi=1, hi_open=True)
+                 for i, b in enumerate(cfg.betas)]
+    if cfg.batch_size % cfg.grad_accum:
+        bad(f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}")
+    for name in ("compile", "overwrite"):
+        if not isinstance(getattr(cfg, name), bool):
+            bad(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    if not isinstance(cfg.out, str) or not cfg.out.strip():
+        bad(f"out must be a folder path, got {cfg.out!r}")
+    if cfg.cache_dir is not None and (not isinstance(cfg.cache_dir, str)
+                                      or not cfg.cache_dir.strip()):
+        bad(f"cache_dir must be a folder path, got {cfg.cache_dir!r}")
+    if not isinstance(cfg.model, (str, dict)) or cfg.model == "":
+        bad(f"model must be a checkpoint folder, a Hugging Face id, a preset name or "
+            f"{{preset: name, ...}}, got {cfg.model!r}")
+    _check_tokenizer_spec(cfg.tokenizer)
     if cfg.trainable is not None and (not isinstance(cfg.trainable, list) or not all(
             isinstance(t, str) and t for t in cfg.trainable) or not cfg.trainable):
         bad(f"trainable must be a non-empty list of module names, got {cfg.trainable!r}")
     if cfg.align not in (None, "line"):
         bad(f"align must be null or 'line', got {cfg.align!r}")
-    if not 0 < cfg.val_fraction < 1:
-        bad("val_fraction must be in (0, 1)")
+
+    if cfg.moe["dispatch"] not in ("drop", "dropless"):
+        bad(f"moe.dispatch must be 'drop' or 'dropless', got {cfg.moe['dispatch']!r}")
+    sub("moe", "capacity_factor", lo=0, lo_open=True, hi=1e4)
+    for key in ("balance_gamma", "z_loss", "aux_loss"):
+        sub("moe", key, lo=0, hi=1e4)
+    sub("lora", "rank", lo=1, integer=True, hi=1 << 16)
+    sub("lora", "alpha", lo=0, lo_open=True, hi=1e6)
+    sub("lora", "dropout", lo=0, hi=1, hi_open=True)
+    targets = cfg.lora["targets"]
+    known = ("attention", "experts", "shared_expert")
+    if not isinstance(targets, list) or not targets or \
+            not all(isinstance(t, str) and t in known for t in targets):
+        bad(f"lora.targets must be a non-empty list of {list(known)}, got {targets!r}")
+    if cfg.qat["scales"] not in ("learned", "dynamic"):
+        bad(f"qat.scales must be 'learned' or 'dynamic', got {cfg.qat['scales']!r}")
+    if cfg.qat["init"] not in ("mse", "rtn"):
+        bad(f"qat.init must be 'mse' or 'rtn', got {cfg.qat['init']!r}")
+    if cfg.qat["act_bits"] not in (None, 0, 8) or isinstance(cfg.qat["act_bits"], bool):
+        bad(f"qat.act_bits must be 8 or 0 (off), got {cfg.qat['act_bits']!r}")
+
+
+def _check_data_spec(data) -> None:
+    """`data`: a path, a list of paths or {path: weight} (weights finite, >= 0, not all 0).
+    Whether the paths exist is checked by train.data.check_sources."""
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, dict):
+        for k, w in data.items():
+            if not isinstance(k, str) or not k:
+                raise TrainConfigError(f"data: {k!r} is not a path")
+            _number(f"data weight of {k}", w, lo=0)
+        if not sum(float(w) for w in data.values()) > 0:
+            raise TrainConfigError("data: the weights sum to zero")
+    elif isinstance(data, list):
+        for k in data:
+            if not isinstance(k, str) or not k:
+                raise TrainConfigError(f"data: {k!r} is not a path")
+    else:
+        raise TrainConfigError(f"data must be a path, a list of paths or {{path: weight}}, "
+                               f"got {data!r}")
+
+
+def _check_tokenizer_spec(t) -> None:
+    if t is None or (isinstance(t, str) and t):
+        return
+    if not isinstance(t, dict) or "vocab_size" not in t:
+        raise TrainConfigError("tokenizer must be a folder or {vocab_size: N, sample_mb: M, "
+                               f"split: llama3|lines}}, got {t!r}")
+    unknown = sorted(set(t) - {"vocab_size", "sample_mb", "split"})
+    if unknown:
+        raise TrainConfigError(f"unknown tokenizer setting(s): {', '.join(map(str, unknown))}")
+    t["vocab_size"] = _number("tokenizer.vocab_size", t["vocab_size"], lo=64, hi=1 << 20,
+                              integer=True)
+    t["sample_mb"] = _number("tokenizer.sample_mb", t.get("sample_mb", 8), lo=0, lo_open=True,
+                             hi=1e6)
+    if t.get("split", "llama3") not in ("llama3", "lines"):
+        raise TrainConfigError(f"tokenizer.split must be 'llama3' or 'lines', got "
+                               f"{t.get('split')!r}")

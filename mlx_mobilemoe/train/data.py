@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import atomic_folder
+from ..fsutil import atomic_folder
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".rst", ".text", ""}
 
@@ -160,14 +160,40 @@ def split_bytes(data: bytes, val_fraction: float) -> tuple:
     return data[:cut], data[cut:]
 
 
-def _read_jsonl(path: Path) -> list:
+def _jsonl_rows(path: Path):
+    """(line number, row) for every non-blank line; a row is a JSON object. A bad line is
+    a DataError naming the file and the line."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        i = 0
+        try:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    raise DataError(f"{path}:{i}: not valid JSON ({e})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{i}: a row must be a JSON object, got "
+                                    f"{type(row).__name__}")
+                yield i, row
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{i + 1}: not UTF-8 text") from None
+
+
+def _read_jsonl(path: Path, field: Optional[str] = None) -> list:
+    """Every row; with `field`, each row's string `field` (a DataError names the line)."""
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i + 1}: not valid JSON ({e})") from None
+    for i, row in _jsonl_rows(path):
+        if field is not None:
+            if not isinstance(row.get(field), str):
+                raise DataError(f"{path}:{i}: no {field!r} string in this row")
+            row = row[field]
+        rows.append(row)
     return rows
 
 
@@ -176,27 +202,42 @@ def source_kind(path: Path) -> str:
     path = Path(path)
     if path.is_dir() and (path / "meta.json").exists():
         return "tokens"
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    if "messages" in row:
-                        return "chat"
-                    if "text" in row:
-                        return "text"
-                    raise DataError(f"{path}: jsonl rows need a 'text' or 'messages' field")
-        raise DataError(f"{path}: empty jsonl")
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if path.suffix == ".jsonl" and path.is_file():
+        for i, row in _jsonl_rows(path):
+            if "messages" in row:
+                return "chat"
+            if "text" in row:
+                return "text"
+            raise DataError(f"{path}:{i}: jsonl rows need a 'text' or 'messages' field")
+        raise DataError(f"{path}: empty jsonl")
+    if path.is_dir() and not _text_files(path):
+        raise DataError(f"{path}: no data files in this folder (text files with suffix "
+                        f"{', '.join(sorted(s for s in TEXT_SUFFIXES if s))} or none, or "
+                        ".jsonl)")
     return "text"
+
+
+def check_sources(data) -> None:
+    """Every configured source exists and is readable data (DataError otherwise); run
+    before any tokenizing so a typo fails at once."""
+    srcs = list(data) if isinstance(data, dict) else _as_list(data)
+    for s in srcs:
+        source_kind(Path(s))
+
+
+def _text_files(folder: Path) -> list:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
+                  | {".jsonl"} and not p.name.startswith("."))
 
 
 def _documents(path: Path, val_fraction: float) -> tuple:
     """(train docs, held-out docs) as lists of str."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES
-                       | {".jsonl"} and not p.name.startswith("."))
+        files = _text_files(path)
+        if not files:
+            source_kind(path)  # the DataError for an empty folder
         tr, va = [], []
         for f in files:
             a, b = _documents(f, val_fraction)
@@ -204,7 +245,7 @@ def _documents(path: Path, val_fraction: float) -> tuple:
             va += b
         return tr, va
     if path.suffix == ".jsonl":
-        rows = [r["text"] for r in _read_jsonl(path)]
+        rows = _read_jsonl(path, "text")
         n_val = max(1, int(round(len(rows) * val_fraction))) if len(rows) > 1 else 0
         return rows[: len(rows) - n_val], rows[len(rows) - n_val:]
     try:
@@ -212,6 +253,8 @@ def _documents(path: Path, val_fraction: float) -> tuple:
         return [train.decode("utf-8")], [val.decode("utf-8")] if val else []
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def prepare_text(path, tok_dir, cache: Path, val_fraction: float = 0.05,
@@ -261,7 +304,9 @@ def open_domains(data, tok_dir, cache: Path, val_fraction: float) -> tuple:
         weights.append(float(w) if w is not None else float(len(tf.train)))
     total = sum(weights)
     if total <= 0:
-        raise DataError("data weights sum to zero")
+        empty = [str(s) for (s, _), tf in zip(items, files) if not len(tf.train)]
+        raise DataError(f"no training tokens in {', '.join(empty)}" if empty else
+                        "data weights sum to zero")
     return files, [w / total for w in weights]
 
 
@@ -423,12 +468,15 @@ def load_chat(path, tok_dir, template: str, val_fraction: float) -> tuple:
     paths = list(path) if isinstance(path, (list, tuple, dict)) else [path]
     train, val = [], []
     for p in paths:
-        rows = _read_jsonl(Path(p))
         convs = []
-        for i, r in enumerate(rows):
-            if not isinstance(r.get("messages"), list):
-                raise DataError(f"{p}:{i + 1}: no 'messages' list")
-            convs.append(encode_chat(tok, template, r["messages"], specials))
+        for i, r in _jsonl_rows(Path(p)):
+            msgs = r.get("messages")
+            if not isinstance(msgs, list) or not all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), str) for m in msgs):
+                raise DataError(f"{p}:{i}: 'messages' must be a list of {{role, content}} "
+                                "strings")
+            convs.append(encode_chat(tok, template, msgs, specials))
         n_val = max(1, int(round(len(convs) * val_fraction))) if len(convs) > 1 else 0
         train += convs[: len(convs) - n_val]
         val += convs[len(convs) - n_val:]

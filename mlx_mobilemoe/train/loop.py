@@ -7,18 +7,23 @@ model.safetensors, tokenizer files) plus:
                  the official weights are BF16, so resuming from them would not be exact)
   metrics.jsonl  one line per step (and per eval), eval.json (latest held-out results),
   train_config.yaml (the resolved stage settings).
-Each save builds a new folder beside `out` and swaps it in with renames.
+Each save goes through the one atomic folder writer (mlx_mobilemoe/fsutil.py): built beside
+`out`, swapped in recoverably from a kill at any point; the data cache inside `out` and files
+the project did not write are carried over, never deleted. Weights that are not finite are
+never written. Ctrl-C (or SIGTERM) stops after the current step with a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
 import shutil
+import signal
 import sys
-import tempfile
+import threading
 import time
+from functools import reduce
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +33,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from .. import checkpoint
+from .. import checkpoint, fsutil
 from ..model import Model
 from .config import TrainConfig
 from .distributed import World
@@ -57,6 +62,52 @@ def freeze_except(model, names) -> None:
     if missing:
         raise TrainingError(f"trainable: no module named {', '.join(missing)} in the model")
     model.freeze(keys=["expert_bias"])  # moved by the balancing rule, not by gradient
+
+
+def _cache_entry(cfg: TrainConfig) -> Optional[str]:
+    """The entry of `out` that holds the data cache (the default `out/cache`), if any."""
+    try:
+        rel = cfg.cache.resolve().relative_to(cfg.out_dir.resolve())
+    except ValueError:
+        return None
+    return rel.parts[0] if rel.parts else None
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return (out / "train_state").exists() or (out / "config.json").exists()
+
+
+def check_out_dir(cfg: TrainConfig, resume: bool, is_main: bool = True) -> None:
+    """Before a run writes anything: finish an interrupted checkpoint swap of `out`, then
+    refuse an `out` that a fresh run would clobber: one holding a checkpoint (--resume
+    continues it; overwrite=true replaces it) or files the project did not write
+    (overwrite=true trains there anyway; those files are kept)."""
+    out = cfg.out_dir
+    if is_main:
+        fsutil.recover(out)
+    if out.exists() and not out.is_dir():
+        raise fsutil.OutputFolderError(f"out={out} exists and is not a folder")
+    if resume or cfg.overwrite or not out.exists():
+        return
+    if _has_checkpoint(out):
+        raise fsutil.OutputFolderError(
+            f"out={out} holds a checkpoint of an earlier run: --resume continues it, "
+            "--overwrite replaces it (or choose another out)")
+    keep = [_cache_entry(cfg)] if _cache_entry(cfg) else []
+    foreign = fsutil.foreign_entries(out, keep)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" (+{len(foreign) - 5} more)" if len(foreign) > 5
+                                          else "")
+        raise fsutil.OutputFolderError(
+            f"out={out} holds files this project did not write ({shown}): choose another "
+            "out, or --overwrite to train there anyway (they are kept)")
+
+
+def _all_finite(params) -> mx.array:
+    """One boolean: every floating-point array of a parameter tree is finite."""
+    flags = [mx.isfinite(v).all() for _, v in tree_flatten(params)
+             if mx.issubdtype(v.dtype, mx.floating)]
+    return reduce(mx.logical_and, flags, mx.array(True))
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -124,6 +175,10 @@ class Trainer:
         self.resume = resume
         self.extra_meta = extra_meta or {}
         self.out = cfg.out_dir
+        self.tok_files = _read_tokenizer(self.tok_dir, model)
+        self.saved_step = None  # the step of the checkpoint in `out` (None: none yet)
+        self._stop_signal = None  # SIGINT/SIGTERM received
+        self._stop_agreed = False  # ... and every rank stops after this step
         if cfg.batch_size % (cfg.grad_accum * self.world.size):
             raise TrainingError(f"batch_size {cfg.batch_size} is not divisible by grad_accum "
                                 f"{cfg.grad_accum} x ranks {self.world.size}")
@@ -141,6 +196,7 @@ class Trainer:
         self.opt = optim.AdamW(learning_rate=cfg.lr, betas=list(cfg.betas), eps=1e-8,
                                weight_decay=cfg.weight_decay)
         self.opt.init(model.trainable_parameters())
+        check_out_dir(cfg, resume, self.world.is_main)
         if resume:
             self._load_state()
         self._build_fns()
@@ -179,6 +235,7 @@ class Trainer:
                 grads, _ = optim.clip_grad_norm(grads, cfg.grad_clip)
             self.opt.update(model, grads)
             balance_biases(model, load, moe["balance_gamma"])
+            return _all_finite(model.trainable_parameters())
 
         def eval_loss(x, y, m):
             return masked_nll(model, x, y, m)
@@ -209,9 +266,13 @@ class Trainer:
             else:
                 acc = tree_map(mx.add, acc, stats)
                 grads = tree_map(mx.add, grads, g)
-        if w.size > 1:
+        if w.size > 1:  # the stop request rides along, so every rank stops at the same step
+            acc["stop"] = mx.array(float(self._stop_signal is not None))
             both = w.sum_tree({"acc": acc, "grads": grads})
             acc, grads = both["acc"], both["grads"]
+            self._stop_agreed = float(acc.pop("stop").item()) > 0
+        else:
+            self._stop_agreed = self._stop_signal is not None
         scale = 1.0 / mx.maximum(acc["ntok"], 1.0)
         gnorm = self._norm(grads, scale)
         mx.eval(acc, gnorm)
@@ -226,8 +287,14 @@ class Trainer:
             return rec
         lr = lr_at(step, self.total, cfg)
         self.opt.learning_rate = lr
-        self._update(grads, acc["load"], scale)
-        mx.eval(self.model.state, self.opt.state)
+        finite = self._update(grads, acc["load"], scale)
+        mx.eval(self.model.state, self.opt.state, finite)
+        if not finite.item():
+            kept = (f"the checkpoint of step {self.saved_step} in {self.out} is kept"
+                    if self.saved_step is not None else "no checkpoint was written")
+            raise TrainingError(
+                f"step {step + 1}: the update made the weights non-finite (lr {lr:g}, grad "
+                f"norm {rec['grad_norm']:.4g}); stopping without saving them: {kept}")
         load = np.array(acc["load"])
         rec.update({"lr": lr, "router_z": float(acc["z"].item()) / max(ntok, 1.0),
                     "dropped_frac": float(acc["dropped"].item()) / max(float(load.sum()), 1.0),
@@ -258,10 +325,18 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Train to the last step (or stop_after, or a Ctrl-C / SIGTERM: each stops after the
+        current step with a checkpoint; a second one stops at once without saving)."""
+        with self._stop_on_signals():
+            return self._run()
+
+    def _run(self) -> dict:
         cfg, main = self.cfg, self.world.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             self._trim_metrics()
+            if self.resume:
+                self._log({"step": self.step, "event": "resume"})
         t_session = time.perf_counter()
         elapsed0 = self.elapsed
         last_eval = None
@@ -283,6 +358,8 @@ class Trainer:
                     raise TrainingError(
                         f"stopping: {self.bad} consecutive non-finite steps; the weights "
                         f"before them are saved in {self.out}")
+                if self._stop_agreed:
+                    return self._interrupted()
                 continue
             self.bad = 0
             self.tokens += rec["tokens"]
@@ -294,13 +371,15 @@ class Trainer:
             eta = (self.total - self.step) * (sum(recent) / len(recent))
             self._log(rec)
             self.progress.update(self.step, rec["loss"], tps, eta)
+            if self._stop_agreed and self.step < self.total:
+                return self._interrupted()
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
                 last_eval = self._eval_and_log()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total:
                 self.save()
             if cfg.stop_after is not None and self.step >= cfg.stop_after \
                     and self.step < self.total:
-                self.save()
+                self._save_once()
                 self.progress.message(f"stopped after step {self.step} (stop_after); "
                                       "continue with --resume")
                 return {"step": self.step, "stopped": True}
@@ -308,6 +387,38 @@ class Trainer:
         self.save(last_eval)
         return {"step": self.step, "eval": last_eval, "tokens": self.tokens,
                 "elapsed": self.elapsed}
+
+    def _save_once(self):
+        if self.saved_step != self.step:
+            self.save()
+
+    def _interrupted(self) -> dict:
+        self._save_once()
+        why = (signal.Signals(self._stop_signal).name if self._stop_signal is not None
+               else "a stop on another rank")
+        self.progress.message(f"stopped at step {self.step} ({why}); checkpoint saved in "
+                              f"{self.out}: continue with --resume")
+        return {"step": self.step, "stopped": True, "interrupted": True}
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGINT/SIGTERM set a flag the loop checks after each step (the handler only sets
+        it: printing from a handler could re-enter a half-written stderr line)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt  # the second one: stop now, nothing saved
+            self._stop_signal = signum
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
 
     def _budget(self, step_times):
         """With a time budget (seconds of training after the first, compiling, step), fix
@@ -349,46 +460,56 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
 
     def _trim_metrics(self):
-        """Drop log lines past the resumed step (written after the last checkpoint)."""
+        """Drop log lines past the resumed step (written after the last checkpoint), and a
+        last line cut short by a kill."""
         p = self.metrics_path
         if not p.exists():
             return
         if not self.resume:
             p.unlink()
             return
-        keep = [ln for ln in p.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        keep = []
+        for ln in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= self.step:
+                keep.append(ln)
         p.write_text("".join(ln + "\n" for ln in keep))
 
     # --- checkpoints ----------------------------------------------------------------------
 
     def save(self, eval_result=None):
-        """Write out/ atomically: official layout + train_state + logs."""
+        """Write out/ atomically: official layout + tokenizer + train_state + logs. Refuses
+        (TrainingError) weights that are not finite: the last checkpoint stays."""
         if not self.world.is_main:
             return
-        out = self.out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent))
-        staged.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
         try:
+            checkpoint.check_finite(dict(tree_flatten(self.model.parameters())))
+        except checkpoint.CheckpointError as e:
+            kept = (f"the checkpoint of step {self.saved_step} is kept"
+                    if self.saved_step is not None else "no checkpoint was written")
+            raise TrainingError(f"step {self.step}: {e}; not saved: {kept} in {self.out}") \
+                from None
+        out = self.out
+        keep = [_cache_entry(self.cfg)] if _cache_entry(self.cfg) else []
+        with fsutil.atomic_folder(out, foreign="keep", keep=keep,
+                                  owned=fsutil.PROJECT_NAMES) as tmp:
             view = self.save_view(self.model) if self.save_view else _null_view(self.model)
             with view as m:
-                checkpoint.save(m, None, staged)
-            for f in TOKENIZER_FILES:
-                if (self.tok_dir / f).exists():
-                    shutil.copy2(self.tok_dir / f, staged / f)
-            self._write_state(staged / "train_state")
+                checkpoint.write_folder(m, None, tmp)
+            for name, data in self.tok_files.items():
+                (tmp / name).write_bytes(data)
+            self._write_state(tmp / "train_state")
             for f in ("metrics.jsonl", "eval.json"):
                 if (out / f).exists():
-                    shutil.copy2(out / f, staged / f)
+                    shutil.copy2(out / f, tmp / f)
             if eval_result is not None:
-                (staged / "eval.json").write_text(json.dumps({"step": self.step,
-                                                              **eval_result}, indent=2))
-            _write_yaml(staged / "train_config.yaml", self.cfg.to_dict())
-            _swap_in(staged, out)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
+                (tmp / "eval.json").write_text(json.dumps({"step": self.step,
+                                                           **eval_result}, indent=2))
+            _write_yaml(tmp / "train_config.yaml", self.cfg.to_dict())
+        self.saved_step = self.step
 
     def _write_state(self, folder: Path):
         folder.mkdir()
@@ -404,21 +525,53 @@ class Trainer:
 
     def _load_state(self):
         folder = self.out / "train_state"
+        self.world.barrier()  # rank 0 has recovered an interrupted swap (check_out_dir)
         if not (folder / "state.json").exists():
-            raise TrainingError(f"--resume: no {folder}/state.json (nothing to resume)")
-        meta = json.loads((folder / "state.json").read_text())
-        if meta.get("stage") != self.cfg.stage:
-            raise TrainingError(f"--resume: {self.out} holds a {meta.get('stage')} run, "
-                                f"not {self.cfg.stage}")
-        params = mx.load(str(folder / "params.safetensors"))
-        self.model.load_weights(list(params.items()), strict=True)
-        opt = mx.load(str(folder / "optimizer.safetensors"))
-        self.opt.state = tree_unflatten(list(opt.items()))
-        mx.eval(self.model.parameters(), self.opt.state)
-        self.step, self.total = meta["step"], meta["total_steps"]
-        self.tokens, self.elapsed = meta["tokens"], meta["elapsed"]
+            raise TrainingError(f"--resume: no checkpoint in {self.out} (no "
+                                "train_state/state.json): nothing to resume")
+        try:
+            meta = json.loads((folder / "state.json").read_text())
+            if meta.get("stage") != self.cfg.stage:
+                raise TrainingError(f"--resume: {self.out} holds a {meta.get('stage')} run, "
+                                    f"not {self.cfg.stage}")
+            params = mx.load(str(folder / "params.safetensors"))
+            self.model.load_weights(list(params.items()), strict=True)
+            opt = mx.load(str(folder / "optimizer.safetensors"))
+            self.opt.state = tree_unflatten(list(opt.items()))
+            mx.eval(self.model.parameters(), self.opt.state)
+            self.step, self.total = int(meta["step"]), int(meta["total_steps"])
+            self.tokens, self.elapsed = meta["tokens"], meta["elapsed"]
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+            raise TrainingError(f"--resume: cannot read the checkpoint in {folder} ({e})") \
+                from None
+        saved_tok = self.out / "tokenizer.json"
+        if saved_tok.exists() and saved_tok.read_bytes() != self.tok_files["tokenizer.json"]:
+            raise TrainingError(f"--resume: {saved_tok} differs from this stage's tokenizer "
+                                f"({self.tok_dir}): the run was trained with another one")
         self._budget_fixed = meta.get("budget_fixed", False)
         self.progress.total = self.total
+        self.saved_step = self.step
+
+
+def _read_tokenizer(tok_dir: Path, model: Model) -> dict:
+    """The tokenizer files every checkpoint stores, read once at the start (their folder
+    may be a cache that changes later)."""
+    from tokenizers import Tokenizer
+
+    f = tok_dir / "tokenizer.json"
+    if not f.is_file():
+        raise TrainingError(f"{tok_dir}: no tokenizer.json (every checkpoint stores its "
+                            "tokenizer)")
+    files = {n: (tok_dir / n).read_bytes() for n in TOKENIZER_FILES if (tok_dir / n).is_file()}
+    try:
+        n = Tokenizer.from_str(files["tokenizer.json"].decode("utf-8")).get_vocab_size(
+            with_added_tokens=True)
+    except Exception as e:  # tokenizers raises plain Exception on a bad file
+        raise TrainingError(f"{f}: not a readable tokenizer ({e})") from None
+    if n > model.args.vocab_size:
+        raise TrainingError(f"{f}: {n} token ids, more than the model's vocab_size "
+                            f"{model.args.vocab_size}")
+    return files
 
 
 class _null_view:
@@ -430,16 +583,6 @@ class _null_view:
 
     def __exit__(self, *exc):
         return False
-
-
-def _swap_in(staged: Path, out: Path):
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old.{os.getpid()}"
-        os.replace(out, old)
-    os.replace(staged, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_yaml(path: Path, values: dict):

@@ -17,6 +17,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from .. import checkpoint
 from .. import qat as Q
 from ..config import PRESETS, ModelArgs
+from ..fsutil import atomic_folder
 from ..model import Model
 from . import data as D
 from .config import TrainConfig
@@ -144,10 +145,8 @@ def train_base_tokenizer(sources, vocab_size: int, out: Path, val_fraction: floa
                 if budget <= 0:
                     break
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    train_bpe(texts(), vocab_size, tmp, split=split, chat_template=None)
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        train_bpe(texts(), vocab_size, tmp, split=split, chat_template=None)
     return out
 
 
