@@ -41,7 +41,10 @@ struct Arguments {
             case "--prompt", "-p": prompt = try value(a)
             case "--system": system = try value(a)
             case "--raw": raw = true
-            case "--max-tokens", "-n": parameters.maxTokens = try number(a, Int.self)
+            case "--max-tokens", "-n":
+                let n = try number(a, Int.self)
+                guard n >= 1 else { throw Failure(description: "\(a) must be at least 1, got \(n)") }
+                parameters.maxTokens = n
             case "--temperature", "--temp": parameters.temperature = try number(a, Float.self)
             case "--top-p": parameters.topP = try number(a, Float.self)
             case "--top-k": parameters.topK = try number(a, Int.self)

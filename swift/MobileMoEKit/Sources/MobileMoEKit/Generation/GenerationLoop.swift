@@ -18,7 +18,9 @@ struct GenerationLoop {
         if let k = parameters.expertsPerToken, !(1...config.numLocalExperts).contains(k) {
             throw InferenceError.badExpertsPerToken(k, experts: config.numLocalExperts)
         }
-        let session = try model.backend.makeSession(capacity: promptIds.count + max(parameters.maxTokens, 0))
+        // Saturating: maxTokens may be Int.max ("until the context is full"); never more than the context.
+        let (wanted, overflow) = promptIds.count.addingReportingOverflow(max(parameters.maxTokens, 0))
+        let session = try model.backend.makeSession(capacity: min(overflow ? .max : wanted, config.maxPositionEmbeddings))
         guard promptIds.count < session.capacity else { throw InferenceError.contextFull(capacity: session.capacity) }
         var k = await expertsPerToken()
         var sampler = Sampler(parameters: parameters)
