@@ -35,7 +35,7 @@ final class JSONParserTests: XCTestCase {
         let depth = JSONParser.defaultMaxDepth
         let ok = String(repeating: "[", count: depth) + String(repeating: "]", count: depth)
         XCTAssertNoThrow(try parse(ok))
-        XCTAssertThrowsError(try parse("[" + ok + "]")) { XCTAssertTrue("\($0)".contains("nesting deeper"), "\($0)") }
+        XCTAssertThrowsError(try parse("[" + ok + "]")) { XCTAssertTrue("\($0)".contains("nested deeper"), "\($0)") }
         XCTAssertThrowsError(try JSONValue.parse(Data("[1, 2, 3]".utf8), maxBytes: 4)) { XCTAssertTrue("\($0)".contains("limit"), "\($0)") }
         XCTAssertThrowsError(try JSONValue.parse(Data("[[1]]".utf8), maxDepth: 1))
     }

@@ -83,7 +83,7 @@ final class LoaderRobustnessTests: XCTestCase {
         let deep = try checkpointCopy()
         let nested = String(repeating: "[", count: 10_000) + String(repeating: "]", count: 10_000)
         try Data("{\"added_tokens\": \(nested)}".utf8).write(to: deep.appendingPathComponent("tokenizer.json"))
-        assertLoadFails(deep, "deeply nested tokenizer.json", contains: "nesting deeper")
+        assertLoadFails(deep, "deeply nested tokenizer.json", contains: "nested deeper")
     }
 
     func testSafetensorsDataCoveredExactly() throws {

@@ -34,7 +34,7 @@ public struct ModelConfig: Equatable, Sendable {
     public var rmsNormEps: Float = 1e-5
     public var ropeTheta: Double = 500_000
     public var ropeScaling: RopeScaling? = nil
-    public var maxPositionEmbeddings: Int = 131_072
+    public var maxPositionEmbeddings: Int = 8192
     public var routedScalingFactor: Float = 1
     public var normTopkProb: Bool = true
     public var useQKNorm: Bool = true
@@ -47,6 +47,8 @@ public struct ModelConfig: Equatable, Sendable {
     /// True when config.json carries the `quantization` block (QAT int4 g32 checkpoint).
     public var isQuantized: Bool = false
     public var modelType: String = "mobilemoe"
+    /// The dtype of the checkpoint's float tensors (bfloat16, float16 or float32).
+    public var torchDType: String = "bfloat16"
 
     /// Llama 4 convention: no_rope_layers[i] == 1 means layer i applies RoPE.
     public func usesRope(layer: Int) -> Bool {
@@ -58,6 +60,8 @@ public struct ModelConfig: Equatable, Sendable {
 }
 
 extension ModelConfig {
+    // The rules below are those of mlx_mobilemoe/config.py (ModelArgs.from_dict / validate):
+    // tests/fixtures/config_contract.json holds cases both sides must judge alike.
     static let required = ["vocab_size", "hidden_size", "intermediate_size", "intermediate_size_mlp",
                            "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
                            "num_local_experts", "num_experts_per_tok"]
@@ -65,23 +69,30 @@ extension ModelConfig {
                            "routed_scaling_factor", "norm_topk_prob", "use_qk_norm", "tie_word_embeddings",
                            "interleave_moe_layer_step", "no_rope_layers", "layer_types", "bos_token_id",
                            "eos_token_id", "quantization", "model_type", "architectures", "hidden_act",
-                           "attention_bias", "attn_temperature_tuning"]
-    /// Keys Hugging Face writes that say nothing about the forward pass (types still checked
-    /// where a wrong type would show a broken file: see `checkHousekeeping`).
+                           "attention_bias", "attn_temperature_tuning", "attention_dropout", "torch_dtype"]
+    /// Keys Hugging Face writes that say nothing about the forward pass (not checked).
     static let housekeeping: Set<String> = [
-        "_name_or_path", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache",
-        "initializer_range", "attention_dropout", "pad_token_id", "output_router_logits",
+        "_name_or_path", "auto_map", "dtype", "transformers_version", "use_cache",
+        "initializer_range", "pad_token_id", "output_router_logits",
         "router_aux_loss_coef", "router_jitter_noise", "pretraining_tp", "return_dict"]
-    /// The quantization block of a released QAT config.json: every key, its only value.
-    /// `linear_group_axis` / `expert_group_axis` are descriptive strings the released files
-    /// carry (older files written here lack them: both are optional, but must match if present).
+    /// The quantization block of a released QAT config.json: every key and its only value.
+    /// Keys left out take these values (older files written here lack the two axis strings);
+    /// keys not listed are refused.
     static let officialQuantization: [String: JSONValue] = [
         "format": .string(quantFormat), "group_size": .integer(32), "embedding_group_size": .integer(32),
         "qmin": .integer(-8), "qmax": .integer(7), "symmetric": .bool(true), "scale_dtype": .string("float16"),
         "packed": .bool(true), "linear_group_axis": .string("in (last dim of [out, in])"),
         "expert_group_axis": .string("out (last dim of [E, in, out])")]
-    static let optionalQuantizationKeys: Set<String> = ["linear_group_axis", "expert_group_axis"]
-    static let torchDTypes: Set<String> = ["bfloat16", "float16", "float32"]
+    static let floatDTypes = ["bfloat16", "float16", "float32"]
+    /// Upper bounds of the sizes: far above any MobileMoE model, low enough that no size the
+    /// loader or a backend derives from them can overflow (the same bounds as Python's).
+    public static let sizeLimits: [(String, Int)] = [
+        ("vocab_size", 1 << 22), ("hidden_size", 1 << 16), ("intermediate_size", 1 << 18),
+        ("intermediate_size_mlp", 1 << 18), ("num_hidden_layers", 1024), ("num_attention_heads", 1024),
+        ("num_key_value_heads", 1024), ("head_dim", 4096), ("num_local_experts", 4096),
+        ("num_experts_per_tok", 4096), ("max_position_embeddings", 1 << 24)]
+    static let ropeScalingKeys: Set<String> = ["rope_type", "type", "factor", "original_max_position_embeddings",
+                                               "low_freq_factor", "high_freq_factor"]
 
     /// Reads config.json: a regular file of at most FileLimits.smallJSON bytes, UTF-8 JSON.
     public init(contentsOf url: URL) throws {
@@ -93,7 +104,7 @@ extension ModelConfig {
     }
 
     public init(json: JSONValue) throws {
-        guard let d = json.object else { throw ConfigError("top level is not an object") }
+        guard let d = json.object else { throw ConfigError("config is a JSON \(json.kindName), not an object") }
         let missing = Self.required.filter { d[$0] == nil }
         guard missing.isEmpty else { throw ConfigError("missing required field(s): \(missing.joined(separator: ", "))") }
         let known = Set(Self.required + Self.optional)
@@ -102,22 +113,15 @@ extension ModelConfig {
             throw ConfigError("field(s) this implementation does not know: \(unknown.joined(separator: ", ")); refusing to guess what they change")
         }
 
-        /// A present, non-null value (nil when the key is absent or null).
-        func given(_ k: String) -> JSONValue? {
-            guard let v = d[k], !v.isNull else { return nil }
+        /// An integer field (a JSON integer literal), range-checked by validate().
+        func int(_ k: String) throws -> Int {
+            guard let v = d[k]?.int else { throw ConfigError("\(k) must be an integer, got \(d[k].map { "\($0)" } ?? "nothing")") }
             return v
         }
-        func show(_ v: JSONValue?) -> String { v.map { "\($0)" } ?? "nothing" }
-        func int(_ k: String, min lo: Int) throws -> Int {
-            guard let v = d[k]?.int, v >= lo else {
-                throw ConfigError("\(k) must be an integer >= \(lo), got \(show(d[k]))")
-            }
-            return v
-        }
-        /// A finite number > 0 (absent: the default; null, false, 0 or a string: an error).
+        /// A finite number > 0 (absent: the default; null, false, 0, NaN or a string: an error).
         func positive(_ k: String, _ def: Double) throws -> Double {
             guard let v = d[k] else { return def }
-            guard let x = v.double, x.isFinite, x > 0 else { throw ConfigError("\(k) must be a finite number > 0, got \(v)") }
+            guard let x = v.double, x.isFinite, x > 0 else { throw ConfigError("\(k) must be a finite positive number, got \(v)") }
             return x
         }
         func bool(_ k: String, _ def: Bool) throws -> Bool {
@@ -125,144 +129,152 @@ extension ModelConfig {
             guard let b = v.bool else { throw ConfigError("\(k) must be true or false, got \(v)") }
             return b
         }
-        func ints(_ v: JSONValue, _ k: String) throws -> [Int] {
-            if let i = v.int, i >= 0 { return [i] }
-            guard let a = v.array else { throw ConfigError("\(k) must be an integer or a list of integers") }
-            return try a.map { guard let i = $0.int, i >= 0 else { throw ConfigError("\(k) must hold integers >= 0, got \($0)") }; return i }
+        func string(_ k: String, _ def: String) throws -> String {
+            guard let v = d[k] else { return def }
+            guard let s = v.string else { throw ConfigError("\(k) must be a string, got \(v)") }
+            return s
         }
 
-        vocabSize = try int("vocab_size", min: 1)
-        hiddenSize = try int("hidden_size", min: 1)
-        intermediateSize = try int("intermediate_size", min: 1)
-        intermediateSizeMLP = try int("intermediate_size_mlp", min: 0)
-        numHiddenLayers = try int("num_hidden_layers", min: 1)
-        numAttentionHeads = try int("num_attention_heads", min: 1)
-        numKeyValueHeads = try int("num_key_value_heads", min: 1)
-        headDim = try int("head_dim", min: 2)
-        numLocalExperts = try int("num_local_experts", min: 1)
-        numExpertsPerTok = try int("num_experts_per_tok", min: 1)
-        rmsNormEps = Float(try positive("rms_norm_eps", 1e-5))
-        guard rmsNormEps > 0 else { throw ConfigError("rms_norm_eps \(d["rms_norm_eps"]!) underflows float32") }
+        vocabSize = try int("vocab_size")
+        hiddenSize = try int("hidden_size")
+        intermediateSize = try int("intermediate_size")
+        intermediateSizeMLP = try int("intermediate_size_mlp")
+        numHiddenLayers = try int("num_hidden_layers")
+        numAttentionHeads = try int("num_attention_heads")
+        numKeyValueHeads = try int("num_key_value_heads")
+        headDim = try int("head_dim")
+        numLocalExperts = try int("num_local_experts")
+        numExpertsPerTok = try int("num_experts_per_tok")
+        if d["max_position_embeddings"] != nil { maxPositionEmbeddings = try int("max_position_embeddings") }
+        if d["interleave_moe_layer_step"] != nil { interleaveMoeLayerStep = try int("interleave_moe_layer_step") }
+        modelType = try string("model_type", "mobilemoe")
+        torchDType = try string("torch_dtype", "bfloat16")
+        let act = try string("hidden_act", "silu")
+        if let v = d["architectures"] {
+            guard let a = v.array, a.allSatisfy({ $0.string != nil }), a.contains(.string("MobileMoEForCausalLM")) else {
+                throw ConfigError("architectures must be a list of strings naming MobileMoEForCausalLM, got \(v)")
+            }
+        }
+        try Self.checkSizes(self)  // before anything is derived from the sizes
+
+        let eps = try positive("rms_norm_eps", 1e-5)
+        guard eps < 1 else { throw ConfigError("rms_norm_eps must be below 1, got \(eps)") }
+        rmsNormEps = Float(eps)
+        guard rmsNormEps > 0 else { throw ConfigError("rms_norm_eps \(eps) underflows float32") }
         ropeTheta = try positive("rope_theta", 500_000)
-        if d["max_position_embeddings"] != nil { maxPositionEmbeddings = try int("max_position_embeddings", min: 1) }
         routedScalingFactor = Float(try positive("routed_scaling_factor", 1))
         guard routedScalingFactor.isFinite else { throw ConfigError("routed_scaling_factor \(d["routed_scaling_factor"]!) overflows float32") }
+        if let v = d["attention_dropout"], !(v.double.map { $0.isFinite && $0 >= 0 && $0 < 1 } ?? false) {
+            throw ConfigError("attention_dropout must be a number in [0, 1), got \(v)")
+        }
         normTopkProb = try bool("norm_topk_prob", true)
         useQKNorm = try bool("use_qk_norm", true)
         tieWordEmbeddings = try bool("tie_word_embeddings", true)
-        if d["interleave_moe_layer_step"] != nil { interleaveMoeLayerStep = try int("interleave_moe_layer_step", min: 1) }
-        if let v = given("no_rope_layers") {
-            guard let a = v.array else { throw ConfigError("no_rope_layers must be a list of 0/1 flags") }
+        let attentionBias = try bool("attention_bias", false)
+        let temperatureTuning = try bool("attn_temperature_tuning", false)
+        if !Self.floatDTypes.contains(torchDType) {
+            throw ConfigError("torch_dtype '\(torchDType)' is not one of \(Self.floatDTypes.joined(separator: ", "))")
+        }
+        if let v = d["no_rope_layers"] {
+            guard let a = v.array else { throw ConfigError("no_rope_layers must be a list of 0/1 flags, got \(v)") }
             noRopeLayers = try a.map { f in
-                guard let i = f.int, i == 0 || i == 1 else { throw ConfigError("no_rope_layers must hold 0/1 flags, got \(f)") }
+                guard let i = f.int, i == 0 || i == 1 else { throw ConfigError("no_rope_layers must be a list of 0/1 flags, got \(f) in it") }
                 return i
             }
         }
-        if let v = given("layer_types") {
-            guard let a = v.array?.compactMap(\.string), a.count == v.array?.count else { throw ConfigError("layer_types must be a list of strings") }
+        if let v = d["layer_types"], !v.isNull {
+            guard let a = v.array?.compactMap(\.string), a.count == v.array?.count else { throw ConfigError("layer_types must be a list of strings, got \(v)") }
             layerTypes = a
         }
-        if let v = given("bos_token_id") {
-            guard let b = v.int, b >= 0 else { throw ConfigError("bos_token_id must be an integer >= 0, got \(v)") }
+        if let v = d["bos_token_id"], !v.isNull {
+            guard let b = v.int, (0..<vocabSize).contains(b) else {
+                throw ConfigError("bos_token_id must be an integer in 0..\(vocabSize - 1) (vocab_size), got \(v)")
+            }
             bosTokenId = b
         }
-        if let v = given("eos_token_id") { eosTokenIds = try ints(v, "eos_token_id") }
-        if let v = d["model_type"] {
-            guard let t = v.string else { throw ConfigError("model_type must be a string, got \(v)") }
-            modelType = t
-        }
-        if let v = given("architectures") {
-            guard let a = v.array, a.allSatisfy({ $0.string != nil }) else { throw ConfigError("architectures must be a list of strings") }
-        }
-        if let v = d["hidden_act"], v.string != "silu" {
-            throw ConfigError("hidden_act \(v) is not supported (MobileMoE uses silu)")
-        }
-        if try bool("attention_bias", false) { throw ConfigError("attention_bias=true is not part of MobileMoE") }
-        if try bool("attn_temperature_tuning", false) {
-            throw ConfigError("attn_temperature_tuning=true (Llama 4 attention temperature tuning) is not implemented; released MobileMoE checkpoints set it to false")
-        }
-        if let v = given("rope_scaling") { ropeScaling = try Self.parseRopeScaling(v) }
-        if let q = given("quantization") {
-            guard let qo = q.object else { throw ConfigError("quantization must be an object, got \(q)") }
-            guard qo["format"]?.string == Self.quantFormat else {
-                throw ConfigError("quantization format \(show(qo["format"])) is not supported (expected '\(Self.quantFormat)')")
+        if let v = d["eos_token_id"], !v.isNull {
+            let items = v.array ?? [v]
+            eosTokenIds = try items.map {
+                guard let i = $0.int, (0..<vocabSize).contains(i) else {
+                    throw ConfigError("eos_token_id must be an integer or a list of integers in 0..\(vocabSize - 1) (vocab_size), got \(v)")
+                }
+                return i
             }
-            let unknownQ = qo.keys.filter { Self.officialQuantization[$0] == nil }.sorted()
-            guard unknownQ.isEmpty else { throw ConfigError("quantization has field(s) this implementation does not know: \(unknownQ.joined(separator: ", "))") }
-            let absent = Self.officialQuantization.keys.filter { qo[$0] == nil && !Self.optionalQuantizationKeys.contains($0) }.sorted()
-            guard absent.isEmpty else { throw ConfigError("quantization is missing \(absent.joined(separator: ", "))") }
-            let differing = qo.keys.filter { k in !Self.officialQuantization[k]!.sameValue(as: qo[k]!) || qo[k]!.bool != Self.officialQuantization[k]!.bool }.sorted()
-            guard differing.isEmpty else {
-                throw ConfigError("quantization settings \(differing) differ from the official int4 g32 format")
-            }
+        }
+        if modelType != "mobilemoe" { throw ConfigError("model_type is '\(modelType)', expected 'mobilemoe'") }
+        if act != "silu" { throw ConfigError("hidden_act '\(act)' is not supported (MobileMoE uses silu)") }
+        if attentionBias { throw ConfigError("attention_bias=true is not part of MobileMoE") }
+        if temperatureTuning {
+            throw ConfigError("attn_temperature_tuning=true (Llama 4's query temperature scaling) is not implemented; the released MobileMoE models set it to false")
+        }
+        if let v = d["rope_scaling"], !v.isNull { ropeScaling = try Self.parseRopeScaling(v) }
+        if let q = d["quantization"], !q.isNull {
+            try Self.checkQuantization(q)
             isQuantized = true
         }
-        try Self.checkHousekeeping(d)
         try validate()
     }
 
-    /// Housekeeping keys are not used, but a value of the wrong kind means a broken file.
-    static func checkHousekeeping(_ d: [String: JSONValue]) throws {
-        for k in ["torch_dtype", "dtype"] {
-            if let v = d[k], !v.isNull, !(v.string.map(torchDTypes.contains) ?? false) {
-                throw ConfigError("\(k) must be one of \(torchDTypes.sorted()), got \(v)")
-            }
-        }
-        if let v = d["attention_dropout"], !(v.double.map { $0.isFinite && $0 >= 0 && $0 <= 1 } ?? false) {
-            throw ConfigError("attention_dropout must be a number in [0, 1], got \(v)")
-        }
-        if let v = d["pad_token_id"], !v.isNull, !(v.int.map { $0 >= 0 } ?? false) {
-            throw ConfigError("pad_token_id must be an integer >= 0 or null, got \(v)")
-        }
-        if let v = d["transformers_version"], v.string == nil { throw ConfigError("transformers_version must be a string, got \(v)") }
-    }
-
     static func parseRopeScaling(_ v: JSONValue) throws -> RopeScaling? {
-        guard let o = v.object else { throw ConfigError("rope_scaling must be an object, got \(v)") }
-        let kindValue = o["rope_type"] ?? o["type"]
-        if let k = kindValue, !k.isNull, k.string == nil { throw ConfigError("rope_scaling.rope_type must be a string, got \(k)") }
-        let kind = kindValue?.string
-        if kind == nil || kind == "default" { return nil }
-        guard kind == "llama3" else { throw ConfigError("rope_scaling type '\(kind!)' is not supported (llama3 only)") }
-        func positive(_ k: String) throws -> Double {
-            guard let x = o[k] else { throw ConfigError("rope_scaling is missing \(k)") }
-            guard let d = x.double, d.isFinite, d > 0 else { throw ConfigError("rope_scaling.\(k) must be a finite number > 0, got \(x)") }
-            return d
+        guard let o = v.object else { throw ConfigError("rope_scaling must be an object or null, got \(v)") }
+        let kindValue = o["rope_type"] ?? o["type"] ?? .null
+        guard kindValue.isNull || ["llama3", "default"].contains(kindValue.string ?? "") else {
+            throw ConfigError("rope_scaling.rope_type \(kindValue) is not supported (llama3 only)")
         }
-        return RopeScaling(ropeType: "llama3", factor: try positive("factor"),
-                           originalMaxPositionEmbeddings: try positive("original_max_position_embeddings"),
-                           lowFreqFactor: try positive("low_freq_factor"), highFreqFactor: try positive("high_freq_factor"))
+        guard kindValue.string == "llama3" else { return nil }
+        var x: [String: Double] = [:]
+        for k in ["factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"] {
+            guard let raw = o[k] else { throw ConfigError("rope_scaling.\(k) is missing") }
+            guard let d = raw.double, d.isFinite, d > 0, d <= 1e9 else { throw ConfigError("rope_scaling.\(k) must be a finite positive number, got \(raw)") }
+            x[k] = d
+        }
+        guard o["original_max_position_embeddings"]?.int != nil else {
+            throw ConfigError("rope_scaling.original_max_position_embeddings must be an integer, got \(o["original_max_position_embeddings"]!)")
+        }
+        guard x["factor"]! >= 1 else { throw ConfigError("rope_scaling.factor must be >= 1, got \(x["factor"]!)") }
+        guard x["high_freq_factor"]! >= x["low_freq_factor"]! else { throw ConfigError("rope_scaling.high_freq_factor must be >= low_freq_factor") }
+        let extra = Set(o.keys).subtracting(ropeScalingKeys).sorted()
+        guard extra.isEmpty else { throw ConfigError("rope_scaling has field(s) this implementation does not know: \(extra.joined(separator: ", "))") }
+        return RopeScaling(ropeType: "llama3", factor: x["factor"]!, originalMaxPositionEmbeddings: x["original_max_position_embeddings"]!,
+                           lowFreqFactor: x["low_freq_factor"]!, highFreqFactor: x["high_freq_factor"]!)
     }
 
-    /// Upper bound of every size field (2^24: a thousand times the released models' sizes,
-    /// and contexts up to 16M tokens), so no derived size can overflow.
-    public static let maxDimension = 1 << 24
-
-    /// a * b * ..., or a ConfigError naming `what` when it does not fit in Int.
-    static func product(_ factors: [Int], _ what: String) throws -> Int {
-        var p = 1
-        for f in factors {
-            let (r, overflow) = p.multipliedReportingOverflow(by: f)
-            if overflow { throw ConfigError("\(what) (\(factors.map(String.init).joined(separator: " x "))) is too large") }
-            p = r
+    static func checkQuantization(_ q: JSONValue) throws {
+        guard let qo = q.object else { throw ConfigError("quantization must be an object or null, got \(q)") }
+        guard qo["format"]?.sameValue(as: .string(quantFormat)) == true else {
+            throw ConfigError("quantization.format \(qo["format"].map { "\($0)" } ?? "nothing") is not supported (expected '\(quantFormat)')")
         }
-        return p
+        let differing = officialQuantization.keys.filter { k in qo[k].map { !$0.sameValue(as: officialQuantization[k]!) } ?? false }.sorted()
+        guard differing.isEmpty else {
+            throw ConfigError("quantization settings \(differing.map { "\($0)=\(qo[$0]!)" }.joined(separator: ", ")) differ from the official int4 g32 format")
+        }
+        let extra = qo.keys.filter { officialQuantization[$0] == nil }.sorted()
+        guard extra.isEmpty else { throw ConfigError("quantization has field(s) this implementation does not know: \(extra.joined(separator: ", "))") }
     }
 
+    static func checkSizes(_ c: ModelConfig) throws {
+        let values: [String: Int] = [
+            "vocab_size": c.vocabSize, "hidden_size": c.hiddenSize, "intermediate_size": c.intermediateSize,
+            "intermediate_size_mlp": c.intermediateSizeMLP, "num_hidden_layers": c.numHiddenLayers,
+            "num_attention_heads": c.numAttentionHeads, "num_key_value_heads": c.numKeyValueHeads, "head_dim": c.headDim,
+            "num_local_experts": c.numLocalExperts, "num_experts_per_tok": c.numExpertsPerTok,
+            "max_position_embeddings": c.maxPositionEmbeddings]
+        for (name, limit) in sizeLimits {
+            let low = name == "intermediate_size_mlp" ? 0 : 1
+            let v = values[name]!
+            if v < low || v > limit { throw ConfigError("\(name) must be an integer in \(low)..\(limit), got \(v)") }
+        }
+    }
+
+    /// The checks that hold for any ModelConfig (its fields are public vars: the weight
+    /// loader runs this again, so every size it derives is known to be in range).
     public func validate() throws {
+        try Self.checkSizes(self)
         if modelType != "mobilemoe" { throw ConfigError("model_type is '\(modelType)', expected 'mobilemoe'") }
         if interleaveMoeLayerStep != 1 {
             throw ConfigError("interleave_moe_layer_step != 1 (dense layers between MoE layers) is not supported; got \(interleaveMoeLayerStep)")
         }
-        for (name, n, lo) in [("vocab_size", vocabSize, 1), ("hidden_size", hiddenSize, 1), ("intermediate_size", intermediateSize, 1),
-                              ("intermediate_size_mlp", intermediateSizeMLP, 0), ("num_hidden_layers", numHiddenLayers, 1),
-                              ("num_attention_heads", numAttentionHeads, 1), ("num_key_value_heads", numKeyValueHeads, 1),
-                              ("head_dim", headDim, 2), ("num_local_experts", numLocalExperts, 1),
-                              ("num_experts_per_tok", numExpertsPerTok, 1), ("max_position_embeddings", maxPositionEmbeddings, 1)]
-        where n < lo || n > Self.maxDimension {
-            throw ConfigError("\(name) must be in \(lo)...\(Self.maxDimension), got \(n)")
-        }
-        if intermediateSizeMLP > 0 && intermediateSizeMLP % intermediateSize != 0 {
+        if intermediateSizeMLP % intermediateSize != 0 {
             throw ConfigError("shared expert width intermediate_size_mlp=\(intermediateSizeMLP) is not a multiple of the routed expert width intermediate_size=\(intermediateSize)")
         }
         if numAttentionHeads % numKeyValueHeads != 0 {
@@ -271,7 +283,7 @@ extension ModelConfig {
         if numExpertsPerTok > numLocalExperts {
             throw ConfigError("num_experts_per_tok=\(numExpertsPerTok) must be in 1..num_local_experts=\(numLocalExperts)")
         }
-        if !tieWordEmbeddings { throw ConfigError("untied word embeddings are not part of the MobileMoE checkpoint contract") }
+        if !tieWordEmbeddings { throw ConfigError("tie_word_embeddings=false (untied embeddings) is not part of the MobileMoE checkpoint contract") }
         if headDim % 2 != 0 { throw ConfigError("head_dim must be even for RoPE") }
         if !noRopeLayers.isEmpty && noRopeLayers.count != numHiddenLayers {
             throw ConfigError("no_rope_layers has \(noRopeLayers.count) entries for \(numHiddenLayers) layers")
@@ -281,18 +293,13 @@ extension ModelConfig {
             let other = Set(lt).subtracting(["full_attention"]).sorted()
             if !other.isEmpty { throw ConfigError("layer_types \(other) are not supported (only full_attention)") }
         }
-        // Every size the loader and the backends derive must fit in Int (bytes included), so
-        // a config with absurd dimensions is refused here instead of trapping later.
-        let q = try Self.product([numAttentionHeads, headDim], "num_attention_heads * head_dim")
-        _ = try Self.product([numKeyValueHeads, headDim, 4], "num_key_value_heads * head_dim")
-        _ = try Self.product([vocabSize, hiddenSize, 4], "vocab_size * hidden_size")
-        _ = try Self.product([q, hiddenSize, 4], "attention projection size")
-        _ = try Self.product([numLocalExperts, hiddenSize, intermediateSize, 2, 4], "expert weights size")
-        _ = try Self.product([max(intermediateSizeMLP, 1), hiddenSize, 4], "shared expert size")
-        _ = try Self.product([numHiddenLayers, numLocalExperts, hiddenSize], "router size")
+        if let b = bosTokenId, !(0..<vocabSize).contains(b) { throw ConfigError("bos_token_id \(b) is outside 0..\(vocabSize - 1) (vocab_size)") }
+        if let e = eosTokenIds.first(where: { !(0..<vocabSize).contains($0) }) {
+            throw ConfigError("eos_token_id \(e) is outside 0..\(vocabSize - 1) (vocab_size)")
+        }
         if isQuantized {
-            for (name, n) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
-                              ("intermediate_size_mlp", intermediateSizeMLP), ("num_attention_heads * head_dim", q)]
+            for (name, n) in [("hidden_size", hiddenSize), ("2 * intermediate_size", 2 * intermediateSize),
+                              ("intermediate_size_mlp", intermediateSizeMLP), ("num_attention_heads * head_dim", numAttentionHeads * headDim)]
             where n % 32 != 0 {
                 throw ConfigError("\(name)=\(n) is not a multiple of the int4 group size 32")
             }

@@ -50,8 +50,19 @@ public struct JSONParser {
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "n"): try literal("null"); return .null
-        default: return try number()
+        default:
+            // Python's json module reads these; JSON does not have them.
+            if startsNonFinite() { throw fail("\(b[i] == UInt8(ascii: "N") ? "NaN" : "Infinity") is not valid JSON") }
+            return try number()
         }
+    }
+
+    private func startsNonFinite() -> Bool {
+        for word in ["NaN", "Infinity", "-Infinity"] {
+            let w = Array(word.utf8)
+            if i + w.count <= b.count, Array(b[i..<(i + w.count)]) == w { return true }
+        }
+        return false
     }
 
     private mutating func literal(_ word: StaticString) throws {
@@ -62,7 +73,7 @@ public struct JSONParser {
 
     private mutating func nest() throws {
         depth += 1
-        guard depth <= maxDepth else { throw fail("nesting deeper than \(maxDepth) levels") }
+        guard depth <= maxDepth else { throw fail("nested deeper than \(maxDepth) levels") }
         i += 1
     }
 

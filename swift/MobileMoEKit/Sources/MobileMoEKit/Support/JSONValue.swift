@@ -46,6 +46,18 @@ public enum JSONValue: Equatable, Sendable {
         }
     }
     public var isNumber: Bool { double != nil }
+
+    /// "object", "list", "string", ... for messages.
+    public var kindName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "boolean"
+        case .integer, .number: return "number"
+        case .string: return "string"
+        case .array: return "list"
+        case .object: return "object"
+        }
+    }
     public var isNull: Bool { if case .null = self { return true } else { return false } }
 
     /// The value when it was written as an integer (`64`, not `64.0` or `6.4e1`), as Python's
