@@ -24,7 +24,18 @@ struct FuzzMain {
         }
         do {
             let options = try Options(args)
-            let summary = try Fuzzer(options).run()
+            let fuzzer = try Fuzzer(options)
+            if let out = options.writeSeeds {
+                // The derived seed folders, to look at or to load with `--load`.
+                try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+                for s in fuzzer.seeds.dropFirst(options.seedDirs.count) {
+                    try FileManager.default.copyItem(at: s, to: out.appendingPathComponent(s.lastPathComponent))
+                }
+                fuzzer.removeWorkFolder()
+                exit(0)
+            }
+            let summary = try fuzzer.run()
+            fuzzer.removeWorkFolder()
             print(summary)
             exit(0)
         } catch {
@@ -65,6 +76,7 @@ struct Options {
     var keep: URL? = nil
     var only: Int? = nil
     var progressEvery = 0
+    var writeSeeds: URL? = nil
 
     init(_ args: [String]) throws {
         var it = args.makeIterator()
@@ -87,8 +99,9 @@ struct Options {
             case "--keep": keep = URL(fileURLWithPath: try value(a))
             case "--only": only = try number(a)
             case "--progress": progressEvery = try number(a)
+            case "--write-seeds": writeSeeds = URL(fileURLWithPath: try value(a))
             default:
-                throw FuzzError("unknown option \(a); usage: mobilemoe-fuzz [--cases N] [--seed S] [--jobs J] [--timeout SEC] [--seed-dir DIR]... [--keep DIR] [--only K] [--progress N]")
+                throw FuzzError("unknown option \(a); usage: mobilemoe-fuzz [--cases N] [--seed S] [--jobs J] [--timeout SEC] [--seed-dir DIR]... [--keep DIR] [--only K] [--progress N] [--write-seeds DIR]")
             }
         }
         guard cases >= 0, jobs >= 1, timeout > 0 else { throw FuzzError("--cases >= 0, --jobs >= 1, --timeout > 0") }
@@ -128,9 +141,69 @@ final class Fuzzer: @unchecked Sendable {
         let sharded = work.appendingPathComponent("seed-sharded")
         try Fuzzer.shard(options.seedDirs[0], into: sharded)
         seeds.append(sharded)
+        // ... and one in the released layout's style (config keys, chat format, special tokens).
+        let released = work.appendingPathComponent("seed-released-style")
+        try Fuzzer.releasedStyle(options.seedDirs[0], into: released)
+        seeds.append(released)
     }
 
-    deinit { try? FileManager.default.removeItem(at: work) }
+    /// Copies a tiny fixture checkpoint (Llama 3 special tokens at ids 0...5) and gives it what
+    /// a released MobileMoE folder has: the released config keys, generation_config.json, the
+    /// Llama 4 header tokens (<|header_start|>, <|header_end|>, <|eot|> on ids 2...4), the
+    /// released chat template with add_bos_token. Small, so thousands of cases stay fast.
+    static func releasedStyle(_ seed: URL, into dir: URL) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        try fm.copyItem(at: seed.appendingPathComponent("model.safetensors"), to: dir.appendingPathComponent("model.safetensors"))
+        func load(_ name: String) throws -> [String: JSONValue] {
+            guard let o = try JSONValue.parse(Data(contentsOf: seed.appendingPathComponent(name))).object else { throw FuzzError("\(name) is not an object") }
+            return o
+        }
+        func save(_ o: [String: JSONValue], _ name: String) throws { try Data(jsonText(.object(o)).utf8).write(to: dir.appendingPathComponent(name)) }
+
+        var config = try load("config.json")
+        let layers = config["num_hidden_layers"]?.int ?? 2
+        let extra: [String: JSONValue] = [
+            "architectures": .array([.string("MobileMoEForCausalLM")]), "model_type": .string("mobilemoe"),
+            "auto_map": .object(["AutoConfig": .string("configuration_mobilemoe.MobileMoEConfig")]),
+            "transformers_version": .string("4.57.1"), "hidden_act": .string("silu"),
+            "attn_temperature_tuning": .bool(false), "torch_dtype": .string("bfloat16"), "attention_bias": .bool(false),
+            "attention_dropout": .number(0), "routed_scaling_factor": .number(2.5), "interleave_moe_layer_step": .integer(1),
+            "layer_types": .array(Array(repeating: .string("full_attention"), count: layers)),
+            "eos_token_id": .array([.integer(1), .integer(4)]), "bos_token_id": .integer(0)]
+        config.merge(extra) { _, b in b }
+        if var q = config["quantization"]?.object {
+            q["linear_group_axis"] = .string("in (last dim of [out, in])")
+            q["expert_group_axis"] = .string("out (last dim of [E, in, out])")
+            config["quantization"] = .object(q)
+        }
+        try save(config, "config.json")
+        try save(["bos_token_id": .integer(0), "eos_token_id": .array([.integer(1), .integer(3), .integer(4)])], "generation_config.json")
+
+        let rename = ["<|start_header_id|>": "<|header_start|>", "<|end_header_id|>": "<|header_end|>", "<|eot_id|>": "<|eot|>"]
+        var tok = try load("tokenizer.json")
+        tok["added_tokens"] = .array((tok["added_tokens"]?.array ?? []).map { t in
+            guard var o = t.object, let c = o["content"]?.string, let r = rename[c] else { return t }
+            o["content"] = .string(r)
+            return .object(o)
+        })
+        if var model = tok["model"]?.object, var vocab = model["vocab"]?.object {
+            for (old, new) in rename { if let id = vocab.removeValue(forKey: old) { vocab[new] = id } }
+            model["vocab"] = .object(vocab)
+            tok["model"] = .object(model)
+        }
+        try save(tok, "tokenizer.json")
+        let template = "{{- bos_token }}{%- for message in messages %}{{- '<|header_start|>' + message['role'] + '<|header_end|>\\n\\n' }}"
+            + "{%- if message['content'] is string %}{{- message['content'] }}{%- else %}{%- for part in message['content'] %}"
+            + "{%- if part['type'] == 'text' %}{{- part['text'] }}{%- endif %}{%- endfor %}{%- endif %}{{- '<|eot|>' }}{%- endfor %}"
+            + "{%- if add_generation_prompt %}{{- '<|header_start|>assistant<|header_end|>\\n\\n' }}{%- endif %}"
+        try save(["bos_token": .string("<|begin_of_text|>"), "eos_token": .string("<|eot|>"), "add_bos_token": .bool(true),
+                  "add_eos_token": .bool(false), "chat_template": .string(template), "clean_up_tokenization_spaces": .bool(true)],
+                 "tokenizer_config.json")
+    }
+
+    /// `exit` skips deinitializers: callers remove the scratch folder explicitly.
+    func removeWorkFolder() { try? FileManager.default.removeItem(at: work) }
 
     /// Copies `seed` with its weights split into two shards and a model.safetensors.index.json.
     static func shard(_ seed: URL, into dir: URL) throws {
@@ -171,8 +244,7 @@ final class Fuzzer: @unchecked Sendable {
         for f in files { try fm.linkItem(at: seed.appendingPathComponent(f), to: dir.appendingPathComponent(f)) }
         // Optional files that a checkpoint may carry.
         let extras = ["generation_config.json", "chat_template.jinja"]
-        let targets = files + extras
-        let target = rng.chance(0.15) ? rng.pick(extras) : rng.pick(targets)
+        let target = rng.chance(0.1) ? rng.pick(extras) : rng.pick(files)
         let url = dir.appendingPathComponent(target)
         var original: Data
         if fm.fileExists(atPath: url.path) {
