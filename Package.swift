@@ -29,6 +29,12 @@ let package = Package(
             dependencies: ["MobileMoEKit"],
             path: "swift/MobileMoEKit/Sources/SamplerBenchmark"
         ),
+        // The loader fuzz driver (issue 11): mutated checkpoint folders, one child process per case.
+        .executableTarget(
+            name: "mobilemoe-fuzz",
+            dependencies: ["MobileMoEKit"],
+            path: "swift/MobileMoEKit/Sources/mobilemoe-fuzz"
+        ),
         // Tests only: runs the GPU kernels on the CPU (metal/mm_cpu.h) so the GPU forward pass
         // is checked on machines without Metal.
         .target(

@@ -56,7 +56,10 @@ struct Arguments {
                 let v = try value(a)
                 guard let t = KVCacheType(rawValue: v) else { throw Failure(description: "--kv-cache: '\(v)' is not float32, float16 or int8") }
                 parameters.kvCache = t
-            case "--max-tokens", "-n": parameters.maxTokens = try number(a, Int.self)
+            case "--max-tokens", "-n":
+                let n = try number(a, Int.self)
+                guard n >= 1 else { throw Failure(description: "\(a) must be at least 1, got \(n)") }
+                parameters.maxTokens = n
             case "--temperature", "--temp": parameters.temperature = try number(a, Float.self)
             case "--top-p": parameters.topP = try number(a, Float.self)
             case "--top-k": parameters.topK = try number(a, Int.self)

@@ -142,9 +142,20 @@ final class AppIntegrationTests: XCTestCase {
         // Cancelling a paused generation ends it (the gate honours cancellation).
         model.pause()
         let paused = Task { () -> Int in
-            var events = 0  // the consumer's cancellation ends the stream without an info event
-            do { for try await _ in model.generate(prompt, parameters: p) { events += 1 } } catch {}
-            return events
+            // Chunks and tokens seen. The stream's termination cancels the producer before it
+            // finishes the stream, so a final .info (cancelled, no tokens) may still arrive.
+            var produced = 0
+            do {
+                for try await e in model.generate(prompt, parameters: p) {
+                    switch e {
+                    case .chunk: produced += 1
+                    case let .info(i):
+                        XCTAssertEqual(i.stopReason, .cancelled)
+                        produced += i.tokens.count
+                    }
+                }
+            } catch {}
+            return produced
         }
         for _ in 0..<2000 where model.gate.waits < 2 { try await Task.sleep(nanoseconds: 1_000_000) }
         XCTAssertEqual(model.gate.waits, 2)

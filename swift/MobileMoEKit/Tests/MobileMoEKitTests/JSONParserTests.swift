@@ -9,13 +9,35 @@ final class JSONParserTests: XCTestCase {
 
     func testValues() throws {
         let v = try parse(#" {"a": [1, -2.5e3, 0, true, false, null], "s": "x\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00é", "": {}} "#)
-        XCTAssertEqual(v["a"], .array([.number(1), .number(-2500), .number(0), .bool(true), .bool(false), .null]))
+        XCTAssertEqual(v["a"], .array([.integer(1), .number(-2500), .integer(0), .bool(true), .bool(false), .null]))
         XCTAssertEqual(v["s"]?.string, "x\"\\/\u{8}\u{C}\n\r\té😀é")
         XCTAssertEqual(v[""], .object([:]))
         XCTAssertEqual(try parse("[]"), .array([]))
-        XCTAssertEqual(try parse("3"), .number(3))
+        XCTAssertEqual(try parse("3"), .integer(3))
         XCTAssertEqual(try parse(#"{"k": 1, "k": 2}"#)["k"]?.int, 2)
-        XCTAssertEqual(try parse("9007199254740993").int, nil, "beyond 2^53 is not an exact Int")
+    }
+
+    func testIntegersAsPythonReadsThem() throws {
+        // An int is an integer literal (Python's json gives int); 64.0 and 1e2 are floats.
+        XCTAssertEqual(try parse("9007199254740993").int, 9_007_199_254_740_993)
+        XCTAssertEqual(try parse("-9223372036854775808").int, .min)
+        XCTAssertNil(try parse("9223372036854775808").int, "beyond Int: not an Int (and no trap)")
+        XCTAssertNil(try parse("64.0").int)
+        XCTAssertNil(try parse("1e2").int)
+        XCTAssertEqual(try parse("64.0").double, 64)
+        XCTAssertEqual(try parse("7").double, 7)
+        XCTAssertNil(try parse("true").int)
+        XCTAssertTrue(try parse("32").sameValue(as: .number(32)), "1 == 1.0 as in Python")
+        XCTAssertFalse(try parse("true").sameValue(as: .integer(1)))
+    }
+
+    func testDepthAndSizeLimits() throws {
+        let depth = JSONParser.defaultMaxDepth
+        let ok = String(repeating: "[", count: depth) + String(repeating: "]", count: depth)
+        XCTAssertNoThrow(try parse(ok))
+        XCTAssertThrowsError(try parse("[" + ok + "]")) { XCTAssertTrue("\($0)".contains("nested deeper"), "\($0)") }
+        XCTAssertThrowsError(try JSONValue.parse(Data("[1, 2, 3]".utf8), maxBytes: 4)) { XCTAssertTrue("\($0)".contains("limit"), "\($0)") }
+        XCTAssertThrowsError(try JSONValue.parse(Data("[[1]]".utf8), maxDepth: 1))
     }
 
     func testMalformedThrows() {

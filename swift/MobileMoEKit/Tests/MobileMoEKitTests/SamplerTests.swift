@@ -75,6 +75,22 @@ final class SamplerTests: XCTestCase {
         }
     }
 
+    /// Non-finite logits (damaged weights: found by mobilemoe-fuzz) give some token id, never a trap.
+    func testNonFiniteLogitsNeverTrap() {
+        let n = 6000
+        let allNaN = [Float](repeating: .nan, count: n)
+        var mixed = (0..<n).map { Float($0 % 97) * -0.1 }
+        mixed[3] = .nan; mixed[10] = .infinity; mixed[11] = -.infinity
+        var flat = [Float](repeating: 0, count: n)  // top-p past the near-top shortcut
+        flat[7] = .nan
+        for x in [allNaN, mixed, flat] {
+            for (t, p, k, m) in [(Float(0), Float(1), 0, Float(0)), (1, 0.9, 0, 0), (0.8, 0.9, 5, 0), (1, 1, 5, 0.1), (1, 1, 0, 0)] {
+                var s = Sampler(temperature: t, topP: p, topK: k, minP: m, seed: 1)
+                XCTAssertTrue((0..<n).contains(s.sample(x)))
+            }
+        }
+    }
+
     func testTopKTiesKeepTheLowerId() {
         var s = Sampler(temperature: 1, topK: 2, seed: 1)
         XCTAssertEqual(Set(s.distribution([1, 3, 3, 3, 0]).ids), [1, 2])

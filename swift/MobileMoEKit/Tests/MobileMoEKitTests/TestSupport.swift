@@ -6,6 +6,9 @@ import XCTest
 enum Fixtures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
     static func url(_ name: String) -> URL { directory.appendingPathComponent(name) }
+    /// The repository root (Package.swift's folder).
+    static let repository = directory.deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     static func json(_ name: String) throws -> Any {
         try JSONSerialization.jsonObject(with: Data(contentsOf: url(name)))

@@ -86,26 +86,99 @@ final class TokenizerTests: XCTestCase {
         let messages = (chat["messages"] as! [[String: String]]).map {
             ChatMessage(role: ChatMessage.Role(rawValue: $0["role"]!)!, content: $0["content"]!)
         }
-        // The contract keeps the template in tokenizer_config.json (chat_template.jinja is the fallback).
-        let template = try XCTUnwrap(Self.tokenizer.chatTemplate ?? MobileMoEModel.templateFile(in: Fixtures.url("tiny-qat")))
+        // Our checkpoints keep the template in tokenizer_config.json.
+        let template = try XCTUnwrap(Self.tokenizer.chatTemplate)
         XCTAssertEqual(template.family, .llama3(trimsContent: false))
         let rendered = try template.render(messages, bosToken: Self.tokenizer.bosToken)
         XCTAssertEqual(rendered, chat["rendered"] as! String)
         XCTAssertEqual(Self.tokenizer.encode(rendered, addSpecialTokens: false), chat["prompt_ids"] as! [Int])
     }
 
-    func testChatTemplateFamilies() {
+    func testChatTemplateFamilies() throws {
         let llama3Official = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-        let t = ChatTemplate(source: llama3Official)
+        let t = try ChatTemplate(source: llama3Official)
         XCTAssertEqual(t.family, .llama3(trimsContent: true))
         XCTAssertEqual(try t.render([.user("  hi \n")], bosToken: "<s>", addGenerationPrompt: false),
                        "<s><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>")
-        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
-        XCTAssertThrowsError(try ChatTemplate(source: chatml).render([.user("x")], bosToken: nil)) { error in
-            XCTAssertTrue("\(error)".contains("unsupported template"))
+        // The released MobileMoE (Llama 4 style) format: no trim, no BOS in the template itself.
+        let released = Self.mobileMoETemplate
+        let m = try ChatTemplate(source: released)
+        XCTAssertEqual(m.family, .mobileMoE(trimsContent: false))
+        XCTAssertFalse(m.writesBOSToken)
+        XCTAssertEqual(try m.render([.system("Be brief."), .user(" hi ")], bosToken: "<s>"),
+                       "<|header_start|>system<|header_end|>\n\nBe brief.<|eot|><|header_start|>user<|header_end|>\n\n hi <|eot|><|header_start|>assistant<|header_end|>\n\n")
+        // Refused when loaded, naming why.
+        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+        for (name, source) in [("chatml", chatml), ("tools", llama3Official + "{% if tools is not none %}{{ tools }}{% endif %}"),
+                               ("mixed", released + "<|eot_id|><|start_header_id|><|end_header_id|>"),
+                               ("no generation prompt", "{% for message in messages %}<|header_start|>{{ message['role'] }}<|header_end|>{{ message['content'] }}<|eot|>{% endfor %}")] {
+            XCTAssertThrowsError(try ChatTemplate(source: source), name) { error in
+                XCTAssertTrue("\(error)".contains("unsupported template"), "\(name): \(error)")
+            }
         }
-        let withTools = llama3Official + "{% if tools is not none %}{{ tools }}{% endif %}"
-        XCTAssertThrowsError(try ChatTemplate(source: withTools).render([.user("x")], bosToken: nil))
+    }
+
+    /// The released format as the Java port renders it (ChatTemplate.renderMobileMoe).
+    static let mobileMoETemplate = "{% for message in messages %}{{ '<|header_start|>' + message['role'] + '<|header_end|>\\n\\n' + message['content'] + '<|eot|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|header_start|>assistant<|header_end|>\\n\\n' }}{% endif %}"
+
+    /// The fixture tokenizer with the MobileMoE header tokens added (ids 320...322).
+    static func mobileMoETokenizer(config: [String: Any]) throws -> Tokenizer {
+        var json = try Fixtures.json("tiny-qat/tokenizer.json") as! [String: Any]
+        var added = json["added_tokens"] as! [[String: Any]]
+        for (i, t) in ["<|header_start|>", "<|header_end|>", "<|eot|>"].enumerated() {
+            added.append(["id": 320 + i, "content": t, "special": true, "lstrip": false, "rstrip": false, "single_word": false, "normalized": false])
+        }
+        json["added_tokens"] = added
+        let parse = { (o: Any) in try JSONValue.parse(JSONSerialization.data(withJSONObject: o)) }
+        return try Tokenizer(tokenizerJSON: parse(json), tokenizerConfig: parse(config))
+    }
+
+    func testMobileMoEPromptIdsAndBOS() throws {
+        let base: [String: Any] = ["bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": Self.mobileMoETemplate]
+        // add_bos_token: BOS first (the template has none); header/eot are single ids.
+        var withBOS = base
+        withBOS["add_bos_token"] = true
+        let tok = try Self.mobileMoETokenizer(config: withBOS)
+        let template = try XCTUnwrap(tok.chatTemplate)
+        let bos = try XCTUnwrap(tok.tokenId("<|begin_of_text|>"))
+        let ids = try tok.chatPromptIds([.user("hi")], template: template)
+        let hi = tok.encode("hi", addSpecialTokens: false)
+        XCTAssertEqual(ids, [bos, 320] + tok.encode("user", addSpecialTokens: false) + [321] + tok.encode("\n\n", addSpecialTokens: false)
+                       + hi + [322, 320] + tok.encode("assistant", addSpecialTokens: false) + [321] + tok.encode("\n\n", addSpecialTokens: false))
+        XCTAssertEqual(tok.encode("hi"), [bos] + hi, "add_bos_token also rules encode(), as in transformers")
+        // add_bos_token false: no BOS anywhere.
+        var noBOS = base
+        noBOS["add_bos_token"] = false
+        let plain = try Self.mobileMoETokenizer(config: noBOS)
+        XCTAssertEqual(try plain.chatPromptIds([.user("hi")], template: template).first, 320)
+        XCTAssertEqual(plain.encode("hi"), hi)
+        // A template that writes bos_token itself gets exactly one BOS.
+        var own = withBOS
+        own["chat_template"] = "{{ bos_token }}" + Self.mobileMoETemplate
+        let once = try Self.mobileMoETokenizer(config: own)
+        let onceIds = try once.chatPromptIds([.user("hi")], template: XCTUnwrap(once.chatTemplate))
+        XCTAssertEqual(Array(onceIds.prefix(2)), [bos, 320])
+    }
+
+    func testTemplateErrorsAtLoad() throws {
+        // The fixture tokenizer has no <|header_start|>: the released template cannot be tokenized with it.
+        let tokJSON = try JSONValue.parse(Data(contentsOf: Fixtures.url("tiny-qat/tokenizer.json")))
+        let parse = { (o: Any) in try JSONValue.parse(JSONSerialization.data(withJSONObject: o)) }
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSON: tokJSON, tokenizerConfig: parse(["chat_template": Self.mobileMoETemplate]))) {
+            XCTAssertTrue("\($0)".contains("<|header_start|> is not an added token"), "\($0)")
+        }
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSON: tokJSON, tokenizerConfig: parse(["chat_template": "{{ messages }}"])))
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSON: tokJSON, tokenizerConfig: parse(["bos_token": "<|nope|>"])))
+        XCTAssertThrowsError(try Tokenizer(tokenizerJSON: tokJSON, tokenizerConfig: parse(["add_bos_token": "yes"])))
+        // chat_template.jinja wins over tokenizer_config.json, as in transformers.
+        let dir = try temporaryDirectory(self)
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(at: Fixtures.url("tiny-qat/\(f)"), to: dir.appendingPathComponent(f))
+        }
+        try Data("{% for message in messages %}{{ message['content'] }}{% endfor %}".utf8).write(to: dir.appendingPathComponent("chat_template.jinja"))
+        XCTAssertThrowsError(try Tokenizer(directory: dir)) { XCTAssertTrue("\($0)".contains("unsupported template"), "\($0)") }
+        try Data([0x7B, 0xFF, 0x7D]).write(to: dir.appendingPathComponent("chat_template.jinja"))
+        XCTAssertThrowsError(try Tokenizer(directory: dir)) { XCTAssertTrue("\($0)".contains("UTF-8"), "\($0)") }
     }
 
     func testRegexWhitespaceRewrite() throws {

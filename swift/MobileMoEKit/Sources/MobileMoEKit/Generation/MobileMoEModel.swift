@@ -59,8 +59,8 @@ public final class MobileMoEModel: @unchecked Sendable {
     public let backend: InferenceBackend
     /// Why `.automatic` runs on the CPU (nil: it got the GPU, or a backend was named).
     public let backendFallbackReason: String?
-    /// Tokens that end generation: config eos ids, generation_config eos ids, the tokenizer's
-    /// eos token and <|eot_id|>.
+    /// Tokens that end generation (ChatConfiguration): config and generation_config eos ids,
+    /// the tokenizer's eos token, <|eot|> / <|eot_id|>.
     public let stopTokenIds: Set<Int>
     public let bosTokenId: Int?
     public let chatTemplate: ChatTemplate?
@@ -115,17 +115,10 @@ public final class MobileMoEModel: @unchecked Sendable {
         adaptiveCompute = options.adaptiveCompute
         deviceState = options.deviceState
 
-        chatTemplate = try tokenizer.chatTemplate ?? MobileMoEModel.templateFile(in: directory)
-        bosTokenId = tokenizer.bosToken.flatMap(tokenizer.tokenId) ?? config.bosTokenId
-        var stops = Set(config.eosTokenIds)
-        let genURL = directory.appendingPathComponent("generation_config.json")
-        if let data = try? Data(contentsOf: genURL), let gen = try? JSONValue.parse(data) {
-            if let one = gen["eos_token_id"]?.int { stops.insert(one) }
-            for v in gen["eos_token_id"]?.array ?? [] { if let id = v.int { stops.insert(id) } }
-        }
-        if let eos = tokenizer.eosToken.flatMap(tokenizer.tokenId) { stops.insert(eos) }
-        if let eot = tokenizer.tokenId("<|eot_id|>") { stops.insert(eot) }
-        stopTokenIds = stops
+        let chat = try ChatConfiguration(directory: directory, config: config, tokenizer: tokenizer)
+        chatTemplate = chat.template
+        bosTokenId = chat.bosTokenId
+        stopTokenIds = chat.stopTokenIds
 
         let events = options.lifecycle.events()
         lifecycleTask = Task { [weak self] in
@@ -214,13 +207,6 @@ public final class MobileMoEModel: @unchecked Sendable {
         return try backend.makeSession(options)
     }
 
-    /// transformers >= 4.43 saves the template as chat_template.jinja beside tokenizer_config.json.
-    static func templateFile(in directory: URL) throws -> ChatTemplate? {
-        let url = directory.appendingPathComponent("chat_template.jinja")
-        guard FileManager.default.fileExists(atPath: url.path) else { return nil }
-        return ChatTemplate(source: try String(contentsOf: url, encoding: .utf8))
-    }
-
     /// The token ids a prompt turns into.
     public func tokens(for prompt: Prompt) throws -> [Int] {
         switch prompt {
@@ -234,8 +220,7 @@ public final class MobileMoEModel: @unchecked Sendable {
             guard let template = chatTemplate else {
                 throw TokenizerError.chatTemplate("the checkpoint has no chat template; use Prompt.text for raw text")
             }
-            let rendered = try template.render(messages, bosToken: tokenizer.bosToken, addGenerationPrompt: true)
-            return tokenizer.encode(rendered, addSpecialTokens: false)
+            return try tokenizer.chatPromptIds(messages, template: template)
         }
     }
 

@@ -186,7 +186,13 @@ public struct Sampler {
         // Else bucket the mass by (m - x) * 4 (0.25 nats per bucket; the last takes everything
         // further down) and sort only the bucket where the nucleus ends.
         let perNat: Float = 4, buckets = 128
-        @inline(__always) func bucket(_ v: Float) -> Int { min(buckets - 1, Int((m - v) * perNat)) }
+        // NaN or infinite distances (non-finite logits, e.g. from damaged weights) go to the
+        // last bucket instead of trapping in Int(_:).
+        @inline(__always) func bucket(_ v: Float) -> Int {
+            let d = (m - v) * perNat
+            if d >= 0 && d < Float(buckets - 1) { return Int(d) }
+            return d < 0 ? 0 : buckets - 1
+        }
         var mass = [Double](repeating: 0, count: buckets)
         var count = [Int](repeating: 0, count: buckets)
         weights.withUnsafeBufferPointer { w in

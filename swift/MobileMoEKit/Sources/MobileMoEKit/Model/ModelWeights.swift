@@ -20,6 +20,9 @@ public struct ModelWeights: Sendable {
     public let layers: [LayerWeights]
 
     public init(config c: ModelConfig, store: TensorStore) throws {
+        // ModelConfig's fields are public vars: re-check, so every size below (products
+        // included) is known to fit in Int before it is computed.
+        try c.validate()
         var used = Set<String>()
         func take(_ name: String) throws -> TensorView {
             used.insert(name)
@@ -99,7 +102,7 @@ public enum CheckpointError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .unknownTensors(names, layout): return "checkpoint has tensors the \(layout) layout does not know: \(names)"
-        case let .missingFile(path): return "checkpoint file missing: \(path)"
+        case let .missingFile(what): return "checkpoint file missing: \(what)"
         case let .unsupported(why): return "unsupported checkpoint: \(why)"
         }
     }

@@ -13,6 +13,8 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible {
     case sizeMismatch(tensor: String, expected: Int, actual: Int)
     case outOfBounds(tensor: String)
     case overlap(String, String)
+    case gap(at: Int, before: String)
+    case trailingBytes(Int)
     case missingTensor(String)
     case wrongDType(tensor: String, expected: [DType], actual: DType)
     case wrongShape(tensor: String, expected: [Int], actual: [Int])
@@ -27,6 +29,8 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible {
         case let .sizeMismatch(t, e, a): return "safetensors entry '\(t)': shape x dtype is \(e) bytes but data_offsets span \(a)"
         case let .outOfBounds(t): return "safetensors entry '\(t)': data_offsets lie outside the file"
         case let .overlap(a, b): return "safetensors entries '\(a)' and '\(b)' overlap"
+        case let .gap(at, name): return "safetensors data has bytes no tensor covers at offset \(at) (before '\(name)')"
+        case let .trailingBytes(n): return "safetensors data has \(n) byte(s) after the last tensor (wrong header length or trailing bytes)"
         case let .missingTensor(t): return "tensor '\(t)' not found in the checkpoint"
         case let .wrongDType(t, e, a): return "tensor '\(t)' has dtype \(a.rawValue), expected \(e.map(\.rawValue).joined(separator: " or "))"
         case let .wrongShape(t, e, a): return "tensor '\(t)' has shape \(a), expected \(e)"
@@ -105,6 +109,7 @@ public struct SafeTensorsFile: Sendable {
         var spans: [(begin: Int, end: Int, name: String)] = []
         for (name, entry) in entries {
             if name == "__metadata__" {
+                if entry.isNull { continue }
                 guard let m = entry.object else { throw SafeTensorsError.badEntry(tensor: name, reason: "not an object") }
                 for (k, v) in m {
                     guard let s = v.string else { throw SafeTensorsError.badEntry(tensor: name, reason: "value of '\(k)' is not a string") }
@@ -136,10 +141,17 @@ public struct SafeTensorsFile: Sendable {
             tensors[name] = TensorView(name: name, dtype: dtype, shape: shape, data: file.base + dataStart + begin,
                                        byteCount: end - begin, fileOffset: dataStart + begin, file: file)
         }
+        // The tensors must cover the data section exactly, as the safetensors library requires:
+        // no overlap, no gap, nothing after the last tensor (an off-by-one header length or
+        // trailing bytes would otherwise shift or hide data silently).
         spans.sort { ($0.begin, $0.end) < ($1.begin, $1.end) }
-        for (a, b) in zip(spans, spans.dropFirst()) where b.begin < a.end {
-            throw SafeTensorsError.overlap(a.name, b.name)
+        var covered = 0
+        for (i, span) in spans.enumerated() {
+            if span.begin < covered { throw SafeTensorsError.overlap(spans[i - 1].name, span.name) }
+            if span.begin > covered { throw SafeTensorsError.gap(at: covered, before: span.name) }
+            covered = span.end
         }
+        guard covered == dataSize else { throw SafeTensorsError.trailingBytes(dataSize - covered) }
         self.tensors = tensors
         self.metadata = metadata
     }

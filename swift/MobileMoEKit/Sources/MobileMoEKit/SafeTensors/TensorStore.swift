@@ -9,33 +9,43 @@ public struct TensorStore: Sendable {
         self.tensors = tensors
     }
 
+    /// Regular files only; the index is size-limited JSON of the shape
+    /// {"metadata": {...}?, "weight_map": {tensor: "shard file name"}}, and every shard
+    /// it names must exist and hold exactly the tensors mapped to it.
     public init(directory: URL) throws {
-        let fm = FileManager.default
         let single = directory.appendingPathComponent("model.safetensors")
         let index = directory.appendingPathComponent("model.safetensors.index.json")
-        if fm.fileExists(atPath: single.path) {
+        if RegularFile.exists(single.path) {
             self.init(tensors: try SafeTensorsFile(path: single.path).tensors)
-        } else if fm.fileExists(atPath: index.path) {
-            let json = try JSONValue.parse(Data(contentsOf: index))
+        } else if RegularFile.exists(index.path) {
+            let name = index.lastPathComponent
+            let json: JSONValue
+            do { json = try JSONValue.parse(contentsOf: index) } catch { throw SafeTensorsError.badJSON("\(name): \(error)") }
             guard let map = json["weight_map"]?.object else {
-                throw SafeTensorsError.badJSON("\(index.lastPathComponent) has no weight_map object")
+                throw SafeTensorsError.badJSON("\(name) has no weight_map object")
             }
-            var shards: [String: SafeTensorsFile] = [:]
+            if let m = json["metadata"], !m.isNull, m.object == nil { throw SafeTensorsError.badJSON("\(name): metadata is not an object") }
+            var byShard: [String: Set<String>] = [:]
+            for (tensor, value) in map {
+                guard let shard = value.string, !shard.isEmpty, !shard.contains("/"), shard != ".", shard != ".." else {
+                    throw SafeTensorsError.badEntry(tensor: tensor, reason: "weight_map value \(value) is not a shard file name")
+                }
+                byShard[shard, default: []].insert(tensor)
+            }
             var tensors: [String: TensorView] = [:]
-            for (name, value) in map {
-                guard let shard = value.string, !shard.contains("/") else {
-                    throw SafeTensorsError.badEntry(tensor: name, reason: "weight_map value is not a shard file name")
+            for (shard, names) in byShard.sorted(by: { $0.key < $1.key }) {
+                let file = try SafeTensorsFile(path: directory.appendingPathComponent(shard).path)
+                for name in names.sorted() {
+                    guard let view = file.tensors[name] else { throw SafeTensorsError.missingTensor("\(name) (in \(shard))") }
+                    tensors[name] = view
                 }
-                if shards[shard] == nil {
-                    shards[shard] = try SafeTensorsFile(path: directory.appendingPathComponent(shard).path)
+                if let extra = file.tensors.keys.filter({ !names.contains($0) }).sorted().first {
+                    throw SafeTensorsError.badEntry(tensor: extra, reason: "in \(shard) but not in \(name)'s weight_map")
                 }
-                guard let view = shards[shard]!.tensors[name] else { throw SafeTensorsError.missingTensor("\(name) (in \(shard))") }
-                tensors[name] = view
             }
             self.init(tensors: tensors)
         } else {
-            throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: single.path,
-                NSLocalizedDescriptionKey: "no model.safetensors or model.safetensors.index.json in \(directory.path)"])
+            throw CheckpointError.missingFile("no model.safetensors or model.safetensors.index.json in \(directory.path)")
         }
     }
 

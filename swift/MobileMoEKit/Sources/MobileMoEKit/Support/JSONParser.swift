@@ -1,6 +1,7 @@
 // A strict RFC 8259 JSON parser over bytes: UTF-8 validated, \u escapes with surrogate pairs,
-// numbers by the JSON grammar (read as Double), nesting limited to 512 levels so a hostile
-// header throws instead of overflowing the stack. Duplicate keys: the last one wins.
+// numbers by the JSON grammar (integer literals that fit in Int as Int, the rest as Double),
+// nesting limited (128 levels by default) so a hostile file throws instead of overflowing the
+// stack, and a size limit checked before parsing. Duplicate keys: the last one wins.
 import Foundation
 
 public struct JSONParseError: Error, CustomStringConvertible, Equatable {
@@ -9,14 +10,22 @@ public struct JSONParseError: Error, CustomStringConvertible, Equatable {
     public var description: String { "\(message) at byte \(offset)" }
 }
 
-struct JSONParser {
-    static let maxDepth = 512
+public struct JSONParser {
+    /// Far deeper than any checkpoint file (tokenizer.json nests about 6 levels), shallow
+    /// enough for the 512 KiB stacks of secondary threads on Apple platforms.
+    public static let defaultMaxDepth = 128
+    /// Whole documents; callers reading files pass the tighter limit of the file's kind.
+    public static let defaultMaxBytes = 256 << 20
 
     private let b: UnsafeBufferPointer<UInt8>
+    private let maxDepth: Int
     private var i = 0
     private var depth = 0
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>) { b = bytes }
+    init(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int = JSONParser.defaultMaxDepth) {
+        b = bytes
+        self.maxDepth = maxDepth
+    }
 
     mutating func document() throws -> JSONValue {
         let v = try value()
@@ -41,8 +50,19 @@ struct JSONParser {
         case UInt8(ascii: "t"): try literal("true"); return .bool(true)
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "n"): try literal("null"); return .null
-        default: return .number(try number())
+        default:
+            // Python's json module reads these; JSON does not have them.
+            if startsNonFinite() { throw fail("\(b[i] == UInt8(ascii: "N") ? "NaN" : "Infinity") is not valid JSON") }
+            return try number()
         }
+    }
+
+    private func startsNonFinite() -> Bool {
+        for word in ["NaN", "Infinity", "-Infinity"] {
+            let w = Array(word.utf8)
+            if i + w.count <= b.count, Array(b[i..<(i + w.count)]) == w { return true }
+        }
+        return false
     }
 
     private mutating func literal(_ word: StaticString) throws {
@@ -53,7 +73,7 @@ struct JSONParser {
 
     private mutating func nest() throws {
         depth += 1
-        guard depth <= JSONParser.maxDepth else { throw fail("nesting deeper than \(JSONParser.maxDepth)") }
+        guard depth <= maxDepth else { throw fail("nested deeper than \(maxDepth) levels") }
         i += 1
     }
 
@@ -174,7 +194,7 @@ struct JSONParser {
         return s
     }
 
-    private mutating func number() throws -> Double {
+    private mutating func number() throws -> JSONValue {
         let start = i
         func digits() -> Int {
             let s = i
@@ -185,17 +205,22 @@ struct JSONParser {
         let intStart = i
         guard digits() > 0 else { throw fail("invalid value") }
         if b[intStart] == UInt8(ascii: "0") && i - intStart > 1 { throw fail("leading zero") }
+        var integral = true
         if i < b.count, b[i] == UInt8(ascii: ".") {
             i += 1
+            integral = false
             guard digits() > 0 else { throw fail("invalid fraction") }
         }
         if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
             i += 1
+            integral = false
             if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
             guard digits() > 0 else { throw fail("invalid exponent") }
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
+        if integral, let n = Int(text) { return .integer(n) }
+        // An integer beyond Int stays a (rounded) float: consumers asking for .int refuse it.
         guard let v = Double(text), v.isFinite else { throw JSONParseError(message: "number \(text) out of range", offset: start) }
-        return v
+        return .number(v)
     }
 }

@@ -1,6 +1,6 @@
 // A read-only memory mapping of a whole file (the weights are never copied into the heap).
 // The mapping length is rounded up to the page size so the Metal backend can wrap page-aligned
-// windows of it with `bytesNoCopy` buffers.
+// windows of it with `bytesNoCopy` buffers. Only regular files are mapped (RegularFile.open).
 #if canImport(Darwin)
 import Darwin
 #elseif canImport(Glibc)
@@ -11,15 +11,11 @@ import Musl
 import Foundation
 
 public enum MappedFileError: Error, CustomStringConvertible {
-    case cannotOpen(String, errno: Int32)
-    case cannotStat(String, errno: Int32)
     case empty(String)
     case cannotMap(String, errno: Int32)
 
     public var description: String {
         switch self {
-        case let .cannotOpen(path, e): return "cannot open \(path): \(String(cString: strerror(e)))"
-        case let .cannotStat(path, e): return "cannot stat \(path): \(String(cString: strerror(e)))"
         case let .empty(path): return "\(path) is empty"
         case let .cannotMap(path, e): return "cannot mmap \(path): \(String(cString: strerror(e)))"
         }
@@ -38,14 +34,11 @@ public final class MappedFile: @unchecked Sendable {
 
     public static let pageSize: Int = Int(sysconf(Int32(_SC_PAGESIZE)))
 
+    /// Regular files only (RegularFile.open: no blocking on a FIFO, no devices or directories).
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw MappedFileError.cannotOpen(path, errno: errno) }
+        let (fd, size) = try RegularFile.open(path)
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw MappedFileError.cannotStat(path, errno: errno) }
-        let size = Int(st.st_size)
         guard size > 0 else { throw MappedFileError.empty(path) }
         let page = MappedFile.pageSize
         let length = (size + page - 1) / page * page
