@@ -22,6 +22,7 @@ import kernel_cases as kc
 import kernel_emu
 from mlx_mobilemoe.kernels import KernelError, MoEWeights, _build, moe_ffn, plan
 from mlx_mobilemoe.kernels import moe as moe_mod
+from mlx_mobilemoe.kernels import table
 from mlx_mobilemoe.moe import MoE, MoEOptions
 
 moe_ffn_reference = kc.reference
@@ -212,11 +213,40 @@ inline void simdgroup_multiply_accumulate(simdgroup_float8x8&, simdgroup_float8x
 """
 
 
+def test_generated_kernel_sources_are_current():
+    """kernels/moe_kernels.metal and the Swift launch table come from kernels/table.py, and
+    the Swift package ships exact copies of kernels/ (python -m mlx_mobilemoe.kernels, then
+    swift/sync-kernels.sh)."""
+    for path, text in table.generated_files().items():
+        assert path.read_text() == text, f"{path} is stale: run python -m mlx_mobilemoe.kernels"
+    src = _build.source_dir()
+    shipped = src.parent / "swift/MobileMoEKit/Sources/MobileMoEKit/Kernels"
+    for f in ("mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h", "moe_kernels.metal"):
+        assert (shipped / f).read_text() == (src / f).read_text(), f"run swift/sync-kernels.sh ({f})"
+
+
+def test_table_grids_cover_the_outputs():
+    """Each launch's grid, from the table, against what its body covers per threadgroup
+    (S = 0 and S > 0, odd token counts): the formulas the Swift plan also reads."""
+    D = moe_mod._D
+    for S in (0, 64):
+        for T in (1, 7, 33):
+            sz = dict(T=T, H=96, I=96, S=S, E=12, K=3)
+            g = {n: table.evaluate(k.groups, sz, D) for n, k in table.KERNELS.items()}
+            assert g["route"] * D["MM_NW"] >= T  # one SIMD group per token
+            assert g["combine"] * D["MM_NT"] >= T * 96  # one thread per output
+            assert g["down_decode"] * D["MM_CT"] * 8 >= T * 96  # MM_CT words of 8 columns
+            shared = T * -(-S // D["MM_RPB"])
+            assert g["gate_up_decode"] - shared == T * -(-3 * 12 // D["MM_PT"])
+            assert table.output_shape(table.KERNELS["down_prefill"].outputs[1], sz, D) == \
+                ((T, 96) if S else (8,))
+
+
 @needs_emu
 def test_metal_entry_points_parse(tmp_path):
-    """The Swift package's entry points (metal/moe_kernels.metal over the Metal shim) are
+    """The Swift package's entry points (kernels/moe_kernels.metal over the Metal shim) are
     valid C++ once Metal's keywords are stubbed: a syntax check only (no Metal compiler here)."""
-    d = _build.metal_dir()
+    d = _build.source_dir()
     (tmp_path / "metal_stdlib").write_text("")
     (tmp_path / "prelude.h").write_text(_METAL_STUB)
     src = "\n".join(l for f in ("mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h",
