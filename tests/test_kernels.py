@@ -225,6 +225,26 @@ def test_generated_kernel_sources_are_current():
         assert (shipped / f).read_text() == (src / f).read_text(), f"run swift/sync-kernels.sh ({f})"
 
 
+def test_swift_kernel_emulator_follows_the_table():
+    """The Swift package's C++ emulator (hand-written, one case per Metal entry point) binds
+    the buffers, threadgroup arrays and body of each entry the way the table says."""
+    import re
+    cpp = (_build.source_dir().parent /
+           "swift/MobileMoEKit/Tests/KernelEmulator/KernelEmulator.cpp").read_text()
+    ctype = {"T": "float", "ST": "H16", "float": "float", "int": "int", "uint32_t": "uint32_t"}
+    for k in table.KERNELS.values():
+        name = k.entry + ("_f32" if "T" in k.template else "")
+        case = re.search(rf'is\("{name}"\)\) {{(.*?)\n  }}', cpp, re.S)
+        assert case, name
+        text = " ".join(case[1].split())
+        bufs = re.findall(r"BUF\((\d+), (const )?(\w+) \*\)", text)
+        want = [(str(i), "const " if i < len(k.inputs) else "", ctype[b.type])
+                for i, b in enumerate(k.inputs + k.outputs)]
+        assert bufs == want, name
+        assert re.findall(r"MM_SHARED_DECL \w+ \w+\[(.*?)\];", text) == [a.size for a in k.shared]
+        assert f"{k.body}<" in text, name
+
+
 def test_table_grids_cover_the_outputs():
     """Each launch's grid, from the table, against what its body covers per threadgroup
     (S = 0 and S > 0, odd token counts): the formulas the Swift plan also reads."""
