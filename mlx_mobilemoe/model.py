@@ -1,4 +1,5 @@
-"""MobileMoE, top to bottom: attention, router, experts, decoder block, model.
+"""MobileMoE, top to bottom: attention, decoder block, model (the MoE block, with its router
+and experts, is mlx_mobilemoe/moe.py), the module tree and int4 conversion.
 
 Forward semantics follow DESIGN.md §4. Attribute paths match the checkpoint's tensor names
 except where the official layout stores experts as bare tensors (`checkpoint.py` maps them).
