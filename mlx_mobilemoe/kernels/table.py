@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Buffer element types: T = activation dtype, ST = scale dtype (template parameters).
 _METAL_TYPES = {"T": "T", "ST": "half", "float": "float", "int": "int", "uint32_t": "uint32_t"}
@@ -110,10 +111,15 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+@lru_cache(maxsize=None)
+def _compiled(expr: str):
+    return compile(expr.replace("/", "//"), expr, "eval")
+
+
 def evaluate(expr: str, sizes: dict, defines: dict) -> int:
     """An expression of the table for sizes {T, H, I, S, E, K} and the bodies' #defines."""
-    py = expr.replace("/", "//")
-    return int(eval(py, {"__builtins__": {}, "cdiv": _cdiv, "min": min}, {**defines, **sizes}))
+    return int(eval(_compiled(expr), {"__builtins__": {}, "cdiv": _cdiv, "min": min},
+                    {**defines, **sizes}))
 
 
 def output_shape(buf: Buffer, sizes: dict, defines: dict) -> tuple:
