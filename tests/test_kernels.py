@@ -248,7 +248,7 @@ def test_swift_kernel_emulator_follows_the_table():
 def test_table_grids_cover_the_outputs():
     """Each launch's grid, from the table, against what its body covers per threadgroup
     (S = 0 and S > 0, odd token counts): the formulas the Swift plan also reads."""
-    D = moe_mod._D
+    D = moe_mod.DEFINES
     for S in (0, 64):
         for T in (1, 7, 33):
             sz = dict(T=T, H=96, I=96, S=S, E=12, K=3)

@@ -40,9 +40,9 @@ def _defines() -> dict:
 
 
 try:
-    _D = _defines()  # tile sizes, read from the bodies so that grids always match them
+    DEFINES = _defines()  # tile sizes, read from the bodies so that grids always match them
 except FileNotFoundError:  # an install without kernels/: the plain-MLX path only
-    _D = {}
+    DEFINES = {}
 
 
 class KernelError(RuntimeError):
@@ -112,7 +112,7 @@ def _small(key, make):
 
 def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
     """None if the kernels can run this layer, else the reason they cannot."""
-    if not _D:
+    if not DEFINES:
         return "kernel sources (kernels/*.h) not found"
     H, I, S, E = w.dims
     st = w.gate_up.scales.dtype
@@ -128,10 +128,10 @@ def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
         return "scales do not match the weights' groups"
     if H % GROUP or I % GROUP or S % GROUP:
         return "H, I, S must be multiples of 32"
-    if H > _D["MM_MAX_H"]:
-        return f"H={H} > {_D['MM_MAX_H']}"
-    if not 8 <= E <= _D["MM_MAX_E"] or not 1 <= k <= min(_D["MM_MAX_K"], E):
-        return f"E={E}, k={k} outside 8..{_D['MM_MAX_E']}, 1..{_D['MM_MAX_K']}"
+    if H > DEFINES["MM_MAX_H"]:
+        return f"H={H} > {DEFINES['MM_MAX_H']}"
+    if not 8 <= E <= DEFINES["MM_MAX_E"] or not 1 <= k <= min(DEFINES["MM_MAX_K"], E):
+        return f"E={E}, k={k} outside 8..{DEFINES['MM_MAX_E']}, 1..{DEFINES['MM_MAX_K']}"
     if w.router.dtype != mx.float32 or w.expert_bias.dtype != mx.float32:
         return "router and expert_bias must be float32"
     return None
@@ -166,8 +166,8 @@ def _launch(backend: str, name: str, a: dict, sizes: dict, tpl: dict) -> None:
     dtypes = {"float": mx.float32, "int": mx.int32, "T": tpl.get("T")}
     outs = _build.launch(
         _BUILT[key], [a[b.name] for b in k.inputs],
-        [(table.output_shape(b, sizes, _D), dtypes[b.type]) for b in k.outputs],
-        table.evaluate(k.groups, sizes, _D), [(t, tpl[t]) for t in k.template])
+        [(table.output_shape(b, sizes, DEFINES), dtypes[b.type]) for b in k.outputs],
+        table.evaluate(k.groups, sizes, DEFINES), [(t, tpl[t]) for t in k.template])
     a.update(zip((b.name for b in k.outputs), outs))
 
 
@@ -213,7 +213,7 @@ def plan(w: Union[MoEWeights, str, None], k: int, dtype, backend: Optional[str])
     if backend is None:
         return Plan(None, "plain MLX (" + ("MLX_MOBILEMOE_REFERENCE=1" if reference_forced()
                                           else "no Metal/CUDA device") + ")")
-    if not _D:
+    if not DEFINES:
         raise KernelError(
             "fused MoE kernels: the kernel sources (kernels/*.h) are missing from this install; "
             "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
