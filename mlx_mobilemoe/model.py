@@ -8,6 +8,7 @@ The model plugs into mlx-lm: `layers`, `make_cache()` and `__call__(inputs, cach
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -246,6 +247,15 @@ def module_slots(model: Model):
         if ff.shared_expert is not None:
             for n in ("gate_proj", "up_proj", "down_proj"):
                 yield f"{pre}.feed_forward.shared_expert.{n}", ff.shared_expert, n, "shared_expert"
+
+
+def copy_model(model: Model) -> Model:
+    """A new Model with its own args and module tree holding the same arrays (MLX arrays are
+    values: converting the copy, e.g. quantize_model, leaves the original as it was)."""
+    out = Model(dataclasses.replace(model.args))
+    out.update(model.parameters())
+    out.compute_dtype = model.compute_dtype
+    return out
 
 
 # --- float -> int4 (round to nearest) ---------------------------------------------------
