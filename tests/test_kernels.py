@@ -25,7 +25,6 @@ from mlx_mobilemoe.kernels import moe as moe_mod
 from mlx_mobilemoe.kernels import table
 from mlx_mobilemoe.moe import MoE, MoEOptions
 
-moe_ffn_reference = kc.reference
 
 GPU = _build.gpu_backend()
 needs_gpu = pytest.mark.skipif(GPU is None, reason="no Metal/CUDA GPU (or reference forced)")
@@ -55,7 +54,7 @@ def _tol(case):
 def test_reference_matches_float64_oracle(case):
     x, w = _inputs(case)
     with mx.stream(mx.cpu):
-        ref = moe_ffn_reference(x, w, case.k)
+        ref = kc.reference(x, w, case.k)
     assert kc.rel_err(ref, kc.oracle_moe(x, w, case.k)) < _tol(case)
 
 
@@ -112,7 +111,7 @@ def test_emulated_official_layout(emu):
         w.gate_up, w.down, w.shared_gate, w.shared_up, w.shared_down)),
         w.routed_scaling_factor, w.norm_topk_prob)
     out = moe_ffn(x, off, case.k, path=case.path, backend=emu, official=True)
-    assert kc.rel_err(out, moe_ffn_reference(x, w, case.k)) < _tol(case)
+    assert kc.rel_err(out, kc.reference(x, w, case.k)) < _tol(case)
 
 
 @needs_emu
@@ -285,7 +284,7 @@ def test_metal_entry_points_parse(tmp_path):
 @pytest.mark.parametrize("case", kc.gpu_cases(), ids=lambda c: c.id)
 def test_gpu_kernels_match_reference(case):
     x, w = _inputs(case)
-    ref = moe_ffn_reference(x, w, case.k)
+    ref = kc.reference(x, w, case.k)
     out = moe_ffn(x, w, case.k, path=case.path)
     mx.eval(ref, out)
     err, tol = kc.rel_err(out, ref), _tol(case)
@@ -304,7 +303,7 @@ def test_gpu_kernels_match_exact_cpu_reference(T, path):
     case = kc.Case("S", T, 4, True, path=path)
     x, w = _inputs(case)
     with mx.stream(mx.cpu):
-        ref = moe_ffn_reference(x, w, case.k)
+        ref = kc.reference(x, w, case.k)
         mx.eval(ref)
     err, tol = kc.rel_err(moe_ffn(x, w, case.k, path=path), ref), 2e-6 if path == "decode" else 1e-4
     print(f"\nPARITY {GPU} cpu-ref-{case.id} rel_err={err:.3e} tol={tol:.0e}")
@@ -319,7 +318,7 @@ def test_gpu_official_layout(path):
     off = MoEWeights(w.router, w.expert_bias, *(kc.official_words(q) for q in (
         w.gate_up, w.down, w.shared_gate, w.shared_up, w.shared_down)),
         w.routed_scaling_factor, w.norm_topk_prob)
-    err = kc.rel_err(moe_ffn(x, off, 4, path=path, official=True), moe_ffn_reference(x, w, 4))
+    err = kc.rel_err(moe_ffn(x, off, 4, path=path, official=True), kc.reference(x, w, 4))
     print(f"\nPARITY {GPU} official-{case.id} rel_err={err:.3e}")
     assert err < _tol(case)
 
