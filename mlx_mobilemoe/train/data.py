@@ -160,7 +160,7 @@ def split_bytes(data: bytes, val_fraction: float) -> tuple:
     return data[:cut], data[cut:]
 
 
-def _read_jsonl(path: Path) -> list:
+def read_jsonl(path: Path) -> list:
     rows = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if line.strip():
@@ -204,7 +204,7 @@ def documents(path: Path, val_fraction: float) -> tuple:
             va += b
         return tr, va
     if path.suffix == ".jsonl":
-        rows = [r["text"] for r in _read_jsonl(path)]
+        rows = [r["text"] for r in read_jsonl(path)]
         n_val = max(1, int(round(len(rows) * val_fraction))) if len(rows) > 1 else 0
         return rows[: len(rows) - n_val], rows[len(rows) - n_val:]
     try:
@@ -423,7 +423,7 @@ def load_chat(path, tok_dir, template: str, val_fraction: float) -> tuple:
     paths = list(path) if isinstance(path, (list, tuple, dict)) else [path]
     train, val = [], []
     for p in paths:
-        rows = _read_jsonl(Path(p))
+        rows = read_jsonl(Path(p))
         convs = []
         for i, r in enumerate(rows):
             if not isinstance(r.get("messages"), list):
