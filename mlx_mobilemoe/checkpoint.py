@@ -657,14 +657,15 @@ def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,
          max_shard_bytes: int = 4 << 30) -> Path:
     """Write `model` (+ tokenizer) in the official layout, atomically (temp folder + rename).
 
-    quantized=None keeps the model's own layout; True quantizes a float model to int4 by
-    round-to-nearest first (in place); False refuses a quantized model (no silent dequant)."""
-    from .model import quantize_model
+    quantized=None keeps the model's own layout; True writes a float model as int4 by
+    round-to-nearest (of a copy: `model` is not changed); False refuses a quantized model (no
+    silent dequant)."""
+    from .model import copy_model, quantize_model
 
     if quantized is None:
         quantized = model.args.is_quantized
     if quantized and not model.args.is_quantized:
-        quantize_model(model)
+        model = quantize_model(copy_model(model))
     if not quantized and model.args.is_quantized:
         raise CheckpointError("save(quantized=False) of an int4 model would invent float "
                               "weights; load the float checkpoint instead")

@@ -82,9 +82,9 @@ def heldout_docs(path, held_out: float = 0.05) -> list:
         except UnicodeDecodeError as e:
             raise EvalError(f"{path}: the scored part is not UTF-8 text ({e})") from None
     if held_out <= 0:
-        train, val = D._documents(path, 0.0)
+        train, val = D.documents(path, 0.0)
         return train + val
-    return D._documents(path, held_out)[1]
+    return D.documents(path, held_out)[1]
 
 
 def doc_tokens(tok, docs: list, eos: Optional[int]) -> np.ndarray:
@@ -158,7 +158,7 @@ class Task:
 
 def read_task(path) -> Task:
     path = Path(path)
-    rows = D._read_jsonl(path) if path.exists() else None
+    rows = D.read_jsonl(path) if path.exists() else None
     if not rows:
         raise EvalError(f"{path}: no such task file, or it has no rows")
     mc = {"context", "choices", "answer"}

@@ -76,8 +76,10 @@ def test_float_model_saves_as_qat(tmp_path, tokenizer_dir):
     header = read_header(tmp_path / "q/model.safetensors")
     want = official.tensor_specs(PRESETS["tiny"], qat=True)
     assert {k: (d, tuple(s)) for k, (d, s) in want.items()} == header
+    assert not model.args.is_quantized  # the caller's model stays float
+    from mlx_mobilemoe.model import quantize_model
     with pytest.raises(CheckpointError, match="invent float"):
-        save(model, tok, tmp_path / "f", quantized=False)
+        save(quantize_model(model), tok, tmp_path / "f", quantized=False)
 
 
 def _config_only(folder):
