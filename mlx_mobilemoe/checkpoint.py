@@ -93,15 +93,16 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(raw: bytes, where: str, error=CheckpointError, max_depth: int = MAX_JSON_DEPTH):
+def parse_json(raw: bytes, where: str, error=CheckpointError,
+               max_depth: Optional[int] = MAX_JSON_DEPTH):
     """Strict JSON from bytes: UTF-8, standard (no NaN/Infinity), nesting bounded."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 text (byte {e.start})") from None
-    # The depth scan is a Python pass over the text: done for files up to 1 MiB (configs,
-    # headers); larger ones (tokenizer.json) rely on the parser's own recursion bound.
-    if len(raw) <= 1 << 20 and text.count("[") + text.count("{") > max_depth \
+    # The depth scan is a Python pass over the text: done for configs and headers (small);
+    # tokenizer files (max_depth=None) rely on the parsers' own recursion bounds.
+    if max_depth is not None and text.count("[") + text.count("{") > max_depth \
             and _json_depth(text) > max_depth:
         raise error(f"{where}: JSON nested deeper than {max_depth} levels")
     try:
@@ -121,7 +122,8 @@ def read_json(path: Path, error=CheckpointError, max_bytes: Optional[int] = None
         raw = f.read(limit + 1)
     if len(raw) > limit:
         raise error(f"{path}: more than the {limit} bytes this loader reads")
-    return parse_json(raw, str(path), error)
+    depth = None if path.name.startswith("tokenizer") else MAX_JSON_DEPTH
+    return parse_json(raw, str(path), error, depth)
 
 
 # --- safetensors headers ----------------------------------------------------------------
