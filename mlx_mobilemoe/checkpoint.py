@@ -547,11 +547,16 @@ def load_model(path_or_hf_id=None, dtype=mx.float32, revision: Optional[str] = N
 
 
 def check_finite(tensors: dict) -> None:
-    """Every float tensor finite (NaN/Inf weights are refused, named)."""
-    bad = [n for n, t in sorted(tensors.items())
-           if mx.issubdtype(t.dtype, mx.floating) and not mx.all(mx.isfinite(t)).item()]
-    if bad:
-        raise CheckpointError(f"non-finite (NaN/Inf) values in tensor(s): {_names(bad)}")
+    """Every float tensor finite (NaN/Inf weights are refused, named). One evaluation for
+    the whole checkpoint; names are looked up only when something is wrong."""
+    floats = [(n, t) for n, t in sorted(tensors.items()) if mx.issubdtype(t.dtype, mx.floating)]
+    if not floats:
+        return
+    flags = mx.stack([mx.all(mx.isfinite(t)) for _, t in floats])
+    if bool(mx.all(flags).item()):
+        return
+    bad = [n for (n, _), ok in zip(floats, flags.tolist()) if not ok]
+    raise CheckpointError(f"non-finite (NaN/Inf) values in tensor(s): {_names(bad)}")
 
 
 def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
