@@ -617,11 +617,18 @@ def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
         if i not in seen:
             seen.add(i)
             stop.append(i)
+    add_bos = tok_cfg.get("add_bos_token")
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise TokenizerError(f"{cfg_path}: add_bos_token must be true or false, got {add_bos!r}")
     try:
-        return tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=stop or None,
-                                   chat_template=template)
+        wrapper = tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=stop or None,
+                                      chat_template=template)
     except Exception as e:  # mlx-lm inspects the vocabulary; a broken one fails here
         raise TokenizerError(f"{folder}: tokenizer unusable ({type(e).__name__}: {e})") from None
+    # transformers >= 5 drops add_bos_token; plain-text prompts (generate.prompt_tokens)
+    # get BOS exactly as the file says (None: the tokenizer's post-processor decides)
+    wrapper._add_bos_token = add_bos
+    return wrapper
 
 
 def _token_text(t) -> Optional[str]:

@@ -350,8 +350,10 @@ def test_tokenizer_must_fit_the_model_vocabulary(tmp_path, tokenizer_dir):
     (lambda d: (d / "tokenizer_config.json").write_text('{"bos_token": [1, 2]}'),
      "cannot be loaded"),
     (lambda d: (d / "tokenizer_config.json").write_text("[]"), "not a JSON object"),
+    (lambda d: (d / "tokenizer_config.json").write_text('{"add_bos_token": "yes"}'),
+     "add_bos_token"),
 ], ids=["tokenizer.json wrong", "tokenizer.json deep", "tokenizer.json not UTF-8",
-        "template not a string", "bos a list", "config a list"])
+        "template not a string", "bos a list", "config a list", "add_bos_token a string"])
 def test_bad_tokenizer_files_are_tokenizer_errors(tmp_path, tokenizer_dir, edit, pattern):
     from mlx_mobilemoe.checkpoint import TokenizerError
     d = _tiny_folder(tmp_path, tokenizer_dir)
