@@ -410,8 +410,10 @@ def main(argv=None) -> int:
             nonlocal done, last
             counts[outcome] += 1
             done += 1
-            if outcome in examples and len(examples[outcome]) < 20:
-                examples[outcome].append({"case": i, "detail": detail})
+            if outcome in examples:
+                if len(examples[outcome]) < 20:
+                    examples[outcome].append({"case": i, "detail": detail})
+                print(f"[case {i}] {outcome}: {detail}", file=sys.stderr, flush=True)
             now = time.monotonic()
             if a.long and (now - last > 30 or done == n):
                 last = now
