@@ -587,6 +587,9 @@ def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
         detok = tu.BPEStreamingDetokenizer
     elif tu._is_spm_decoder(decoder):
         detok = tu.SPMStreamingDetokenizer
+    for name in _TRANSFORMERS_TOKENIZER_FILES:  # files transformers opens if present
+        if os.path.lexists(folder / name):
+            regular_file(folder / name, TokenizerError)
     tok = _hf_tokenizer(folder)
     if args is None and (folder / "config.json").exists():
         args = load_config(folder)
@@ -629,6 +632,11 @@ def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
     # get BOS exactly as the file says (None: the tokenizer's post-processor decides)
     wrapper._add_bos_token = add_bos
     return wrapper
+
+
+_TRANSFORMERS_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json",
+                                 "chat_template.json", "chat_template.jinja", "tokenizer.model",
+                                 "vocab.json", "merges.txt")
 
 
 def _token_text(t) -> Optional[str]:

@@ -294,7 +294,7 @@ from conftest import add_tokenizer
 from mlx_mobilemoe import load
 from mlx_mobilemoe.checkpoint import CheckpointError
 for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-             "generation_config.json"):
+             "generation_config.json", "special_tokens_map.json"):
     for kind in ("fifo", "zero"):
         d = {str(tmp_path)!r} + f"/{{name}}-{{kind}}"
         official.write_checkpoint(d, official.TINY, qat=True, seed=3)
@@ -316,7 +316,7 @@ for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_co
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("refused") == 10, r.stdout
+    assert r.stdout.count("refused") == 12, r.stdout
 
 
 def _tiny_folder(tmp_path, tokenizer_dir, vocab=320, name="t"):
