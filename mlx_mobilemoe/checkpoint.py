@@ -700,7 +700,9 @@ def write_folder(model: Model, tokenizer, folder: Path, max_shard_bytes: int = 4
     """The checkpoint files of `model` (+ tokenizer) into an existing empty folder, as they
     are (no layout change; `save` is the atomic, checked entry)."""
     _write_shards(official_state(model), folder, max_shard_bytes)
-    (folder / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
+    cfg = model.args.to_dict()
+    cfg["torch_dtype"] = "bfloat16"  # the float tensors are written as BF16
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if tokenizer is not None:
         save_tokenizer(tokenizer, folder)
 
