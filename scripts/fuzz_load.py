@@ -300,6 +300,8 @@ def worker(conn, seed, root, timeout):
         work[n] = Path(tempfile.mkdtemp(prefix=f"w{os.getpid()}-{n}-", dir=root))
         shutil.rmtree(work[n])
         shutil.copytree(bases[n], work[n])
+    from mlx_mobilemoe import load  # noqa: F401  (imported before the first deadline runs)
+    conn.send("ready")
     while True:
         i = conn.recv()
         if i is None:
@@ -321,20 +323,29 @@ class Pool:
         p = self.ctx.Process(target=worker, args=(child, self.seed, self.root, self.timeout),
                              daemon=True)
         p.start()
-        return {"proc": p, "conn": parent, "case": None, "since": 0.0}
+        return {"proc": p, "conn": parent, "case": None, "since": 0.0, "ready": False}
 
     def run(self, cases, on_result):
         todo = list(cases)[::-1]
         busy = 0
         while todo or busy:
             for k, s in enumerate(self.slots):
+                if not s["ready"]:  # starting up (imports, copies): no deadline yet
+                    if s["conn"].poll():
+                        try:
+                            s["ready"] = s["conn"].recv() == "ready"
+                        except (EOFError, OSError):
+                            self._replace(k)
+                    elif not s["proc"].is_alive():
+                        self._replace(k)
+                    continue
                 if s["case"] is None and todo:
                     s["case"], s["since"] = todo.pop(), time.monotonic()
                     s["conn"].send(s["case"])
                     busy += 1
             time.sleep(0.001)
             for k, s in enumerate(self.slots):
-                if s["case"] is None:
+                if s["case"] is None or not s["ready"]:
                     continue
                 if s["conn"].poll():
                     try:
@@ -362,8 +373,11 @@ class Pool:
         old["proc"].join(5)
         self.slots[k] = self._start()
 
-    def close(self):
+    def close(self, kill=False):
         for s in self.slots:
+            if kill:
+                s["proc"].kill()
+                continue
             try:
                 s["conn"].send(None)
             except OSError:
@@ -374,7 +388,12 @@ class Pool:
                 s["proc"].kill()
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(143)  # unwinds through Pool.close / the finally blocks
+
+
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=None, help="number of cases (default 500; "
                    "100000 with --long)")
@@ -426,7 +445,7 @@ def main(argv=None) -> int:
         try:
             pool.run(range(a.start, a.start + n), on_result)
         finally:
-            pool.close()
+            pool.close(kill=sys.exc_info()[0] is not None)
         summary = {"cases": done, "seed": a.seed, "start": a.start, "workers": a.workers,
                    "seconds": round(time.monotonic() - t0, 1), **counts,
                    "examples": {k: v for k, v in examples.items() if v}}
