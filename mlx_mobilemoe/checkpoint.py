@@ -649,7 +649,10 @@ def _hf_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
-    except Exception as e:  # tokenizers/transformers raise many types on bad files
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # many types; a Rust panic (pyo3 PanicException) is a
+        # BaseException: found by scripts/fuzz_load.py on a mutated tokenizer.json
         raise TokenizerError(f"{folder}: tokenizer.json / tokenizer_config.json cannot be "
                              f"loaded ({type(e).__name__}: {str(e)[:300]})") from None
 

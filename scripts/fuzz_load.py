@@ -282,7 +282,9 @@ def run_one(i: int, seed: int, bases: dict, work: dict, timeout: float):
         outcome, detail = "hang", str(e)
     except (CheckpointError, ConfigError) as e:
         outcome, detail = "named", f"{type(e).__name__}: {str(e)[:200]}"
-    except Exception as e:  # noqa: BLE001 - counting exactly these is the point
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - counting exactly these is the point
         tb = traceback.extract_tb(e.__traceback__)[-1]
         outcome, detail = "unexpected", (f"{type(e).__name__}: {str(e)[:200]} "
                                          f"({Path(tb.filename).name}:{tb.lineno})")

@@ -374,3 +374,22 @@ def test_nan_weights_are_found_by_verify_and_the_verbose_cli(tmp_path, tokenizer
                         "--prompt", "x", "--verbose"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 2 and "non-finite" in r.stderr
+
+
+def test_a_tokenizers_panic_is_a_tokenizer_error(tmp_path, tokenizer_dir, monkeypatch):
+    """The Rust tokenizers library panics on some corrupt tokenizer.json files; pyo3 raises
+    that as a BaseException (PanicException), which `except Exception` missed (fuzz case)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mlx_mobilemoe.checkpoint import TokenizerError
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(*a, **k):
+        raise PanicException("range end index 18446744073709551609 out of range")
+
+    d = _tiny_folder(tmp_path, tokenizer_dir)
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", panic)
+    with pytest.raises(TokenizerError, match="PanicException"):
+        load(d)
