@@ -365,3 +365,16 @@ def test_pretraining_continues_from_a_checkpoint_with_its_tokenizer(pretrained, 
     assert main(["configs/pretrain.yaml", f"model={pretrained}", "steps=1",
                  f"data={corpus / 'more.txt'}", f"out={tmp_path / 'more'}", *TINY]) == 0
     assert "its own tokenizer is used" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_setting_with_its_default():
+    import dataclasses
+
+    from mlx_mobilemoe.train.__main__ import settings_help
+    from mlx_mobilemoe.train.config import TrainConfig
+
+    text = settings_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("moe", "lora", "qat"):
+            assert f"  {f.name}=" in text, f.name
+    assert "  moe.capacity_factor=1.25" in text and "  lora.rank=" in text
