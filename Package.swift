@@ -35,15 +35,15 @@ let package = Package(
             dependencies: ["MobileMoEKit"],
             path: "swift/MobileMoEKit/Sources/mobilemoe-fuzz"
         ),
-        // Tests only: runs the GPU kernels on the CPU (metal/mm_cpu.h) so the GPU forward pass
+        // Tests only: runs the GPU kernels on the CPU (kernels/mm_cpu.h) so the GPU forward pass
         // is checked on machines without Metal.
         .target(
             name: "KernelEmulator",
             path: "swift/MobileMoEKit/Tests/KernelEmulator",
             cxxSettings: [
-                // the shipped copies of the bodies first; metal/ only for mm_cpu.h
+                // the shipped copies of the bodies first; kernels/ only for mm_cpu.h
                 .headerSearchPath("../../Sources/MobileMoEKit/Kernels"),
-                .headerSearchPath("../../../../metal"),
+                .headerSearchPath("../../../../kernels"),
             ]
         ),
         .testTarget(

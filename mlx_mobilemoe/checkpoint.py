@@ -93,15 +93,16 @@ def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(raw: bytes, where: str, error=CheckpointError, max_depth: int = MAX_JSON_DEPTH):
+def parse_json(raw: bytes, where: str, error=CheckpointError,
+               max_depth: Optional[int] = MAX_JSON_DEPTH):
     """Strict JSON from bytes: UTF-8, standard (no NaN/Infinity), nesting bounded."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{where}: not UTF-8 text (byte {e.start})") from None
-    # The depth scan is a Python pass over the text: done for files up to 1 MiB (configs,
-    # headers); larger ones (tokenizer.json) rely on the parser's own recursion bound.
-    if len(raw) <= 1 << 20 and text.count("[") + text.count("{") > max_depth \
+    # The depth scan is a Python pass over the text: done for configs and headers (small);
+    # tokenizer files (max_depth=None) rely on the parsers' own recursion bounds.
+    if max_depth is not None and text.count("[") + text.count("{") > max_depth \
             and _json_depth(text) > max_depth:
         raise error(f"{where}: JSON nested deeper than {max_depth} levels")
     try:
@@ -121,7 +122,8 @@ def read_json(path: Path, error=CheckpointError, max_bytes: Optional[int] = None
         raw = f.read(limit + 1)
     if len(raw) > limit:
         raise error(f"{path}: more than the {limit} bytes this loader reads")
-    return parse_json(raw, str(path), error)
+    depth = None if path.name.startswith("tokenizer") else MAX_JSON_DEPTH
+    return parse_json(raw, str(path), error, depth)
 
 
 # --- safetensors headers ----------------------------------------------------------------
@@ -545,11 +547,16 @@ def load_model(path_or_hf_id=None, dtype=mx.float32, revision: Optional[str] = N
 
 
 def check_finite(tensors: dict) -> None:
-    """Every float tensor finite (NaN/Inf weights are refused, named)."""
-    bad = [n for n, t in sorted(tensors.items())
-           if mx.issubdtype(t.dtype, mx.floating) and not mx.all(mx.isfinite(t)).item()]
-    if bad:
-        raise CheckpointError(f"non-finite (NaN/Inf) values in tensor(s): {_names(bad)}")
+    """Every float tensor finite (NaN/Inf weights are refused, named). One evaluation for
+    the whole checkpoint; names are looked up only when something is wrong."""
+    floats = [(n, t) for n, t in sorted(tensors.items()) if mx.issubdtype(t.dtype, mx.floating)]
+    if not floats:
+        return
+    flags = mx.stack([mx.all(mx.isfinite(t)) for _, t in floats])
+    if bool(mx.all(flags).item()):
+        return
+    bad = [n for (n, _), ok in zip(floats, flags.tolist()) if not ok]
+    raise CheckpointError(f"non-finite (NaN/Inf) values in tensor(s): {_names(bad)}")
 
 
 def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
@@ -580,6 +587,9 @@ def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
         detok = tu.BPEStreamingDetokenizer
     elif tu._is_spm_decoder(decoder):
         detok = tu.SPMStreamingDetokenizer
+    for name in _TRANSFORMERS_TOKENIZER_FILES:  # files transformers opens if present
+        if os.path.lexists(folder / name):
+            regular_file(folder / name, TokenizerError)
     tok = _hf_tokenizer(folder)
     if args is None and (folder / "config.json").exists():
         args = load_config(folder)
@@ -610,11 +620,23 @@ def load_tokenizer(folder: Path, args: Optional[ModelArgs] = None):
         if i not in seen:
             seen.add(i)
             stop.append(i)
+    add_bos = tok_cfg.get("add_bos_token")
+    if add_bos is not None and not isinstance(add_bos, bool):
+        raise TokenizerError(f"{cfg_path}: add_bos_token must be true or false, got {add_bos!r}")
     try:
-        return tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=stop or None,
-                                   chat_template=template)
+        wrapper = tu.TokenizerWrapper(tok, detokenizer_class=detok, eos_token_ids=stop or None,
+                                      chat_template=template)
     except Exception as e:  # mlx-lm inspects the vocabulary; a broken one fails here
         raise TokenizerError(f"{folder}: tokenizer unusable ({type(e).__name__}: {e})") from None
+    # transformers >= 5 drops add_bos_token; plain-text prompts (generate.prompt_tokens)
+    # get BOS exactly as the file says (None: the tokenizer's post-processor decides)
+    wrapper._add_bos_token = add_bos
+    return wrapper
+
+
+_TRANSFORMERS_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json",
+                                 "chat_template.json", "chat_template.jinja", "tokenizer.model",
+                                 "vocab.json", "merges.txt")
 
 
 def _token_text(t) -> Optional[str]:
@@ -627,7 +649,10 @@ def _hf_tokenizer(folder: Path):
     from transformers import PreTrainedTokenizerFast
     try:
         return PreTrainedTokenizerFast.from_pretrained(str(folder))
-    except Exception as e:  # tokenizers/transformers raise many types on bad files
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # many types; a Rust panic (pyo3 PanicException) is a
+        # BaseException: found by scripts/fuzz_load.py on a mutated tokenizer.json
         raise TokenizerError(f"{folder}: tokenizer.json / tokenizer_config.json cannot be "
                              f"loaded ({type(e).__name__}: {str(e)[:300]})") from None
 
@@ -657,14 +682,15 @@ def save(model: Model, tokenizer, path, quantized: Optional[bool] = None,
          max_shard_bytes: int = 4 << 30) -> Path:
     """Write `model` (+ tokenizer) in the official layout, atomically (temp folder + rename).
 
-    quantized=None keeps the model's own layout; True quantizes a float model to int4 by
-    round-to-nearest first (in place); False refuses a quantized model (no silent dequant)."""
-    from .model import quantize_model
+    quantized=None keeps the model's own layout; True writes a float model as int4 by
+    round-to-nearest (of a copy: `model` is not changed); False refuses a quantized model (no
+    silent dequant)."""
+    from .model import copy_model, quantize_model
 
     if quantized is None:
         quantized = model.args.is_quantized
     if quantized and not model.args.is_quantized:
-        quantize_model(model)
+        model = quantize_model(copy_model(model))
     if not quantized and model.args.is_quantized:
         raise CheckpointError("save(quantized=False) of an int4 model would invent float "
                               "weights; load the float checkpoint instead")
@@ -678,7 +704,9 @@ def write_folder(model: Model, tokenizer, folder: Path, max_shard_bytes: int = 4
     """The checkpoint files of `model` (+ tokenizer) into an existing empty folder, as they
     are (no layout change; `save` is the atomic, checked entry)."""
     _write_shards(official_state(model), folder, max_shard_bytes)
-    (folder / "config.json").write_text(json.dumps(model.args.to_dict(), indent=2) + "\n")
+    cfg = model.args.to_dict()
+    cfg["torch_dtype"] = "bfloat16"  # the float tensors are written as BF16
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     if tokenizer is not None:
         save_tokenizer(tokenizer, folder)
 

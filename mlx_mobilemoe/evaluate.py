@@ -82,9 +82,9 @@ def heldout_docs(path, held_out: float = 0.05) -> list:
         except UnicodeDecodeError as e:
             raise EvalError(f"{path}: the scored part is not UTF-8 text ({e})") from None
     if held_out <= 0:
-        train, val = D._documents(path, 0.0)
+        train, val = D.documents(path, 0.0)
         return train + val
-    return D._documents(path, held_out)[1]
+    return D.documents(path, held_out)[1]
 
 
 def doc_tokens(tok, docs: list, eos: Optional[int]) -> np.ndarray:
@@ -158,7 +158,7 @@ class Task:
 
 def read_task(path) -> Task:
     path = Path(path)
-    rows = D._read_jsonl(path) if path.exists() else None
+    rows = D.read_jsonl(path) if path.exists() else None
     if not rows:
         raise EvalError(f"{path}: no such task file, or it has no rows")
     mc = {"context", "choices", "answer"}
@@ -245,6 +245,23 @@ def run_em(model, tok, task: Task, limit: Optional[int] = None, max_new: int = 1
 
 # --- built-in tasks, generated from the corpora's held-out splits ----------------------------
 
+def arithmetic_expression(rng: random.Random) -> tuple:
+    """(expression, value): +, -, * or / in the surface forms of the default model's arithmetic
+    data (scripts/train_default_data.py); scripts/make_chat_data.py asks the same problems."""
+    kind = rng.random()
+    a, b = rng.randint(0, 999), rng.randint(0, 999)
+    if kind < 0.3:
+        return f"{a} + {b}", a + b
+    if kind < 0.55:
+        a, b = max(a, b), min(a, b)
+        return f"{a} - {b}", a - b
+    if kind < 0.75:
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        return f"{a} * {b}", a * b
+    b, q = rng.randint(1, 30), rng.randint(0, 40)
+    return f"{b * q} / {b}", q
+
+
 def arithmetic_task(n: int = 200, seed: int = 0) -> Task:
     """Problems in the surface forms of the default model's arithmetic data
     (scripts/train_default_data.py), answers computed here; a fresh seed, although small
@@ -252,20 +269,8 @@ def arithmetic_task(n: int = 200, seed: int = 0) -> Task:
     rng = random.Random(1_000_003 + seed)
     rows = []
     for _ in range(n):
-        kind = rng.random()
-        a, b = rng.randint(0, 999), rng.randint(0, 999)
-        if kind < 0.3:
-            p, ans = f"{a} + {b} =", a + b
-        elif kind < 0.55:
-            a, b = max(a, b), min(a, b)
-            p, ans = f"{a} - {b} =", a - b
-        elif kind < 0.75:
-            a, b = rng.randint(0, 99), rng.randint(0, 99)
-            p, ans = f"{a} * {b} =", a * b
-        else:
-            b, q = rng.randint(1, 30), rng.randint(0, 40)
-            p, ans = f"{b * q} / {b} =", q
-        rows.append({"prompt": p, "answer": str(ans)})
+        expr, ans = arithmetic_expression(rng)
+        rows.append({"prompt": f"{expr} =", "answer": str(ans)})
     return Task("arithmetic", "em", rows, "generated")
 
 

@@ -207,10 +207,21 @@ def kv_cache_options(args, head_dim: int) -> dict:
 
 
 def prompt_tokens(tokenizer, messages, raw: bool) -> list:
-    """The chat template when the tokenizer has one (and not --raw), else the plain text."""
-    if raw or not getattr(tokenizer, "chat_template", None):
+    """The chat template when the tokenizer has one (and not --raw), else the plain text
+    (with BOS when tokenizer_config.json's add_bos_token is true)."""
+    has_template = getattr(tokenizer, "has_chat_template", None)  # mlx-lm's wrapper
+    if has_template is None:  # a plain transformers tokenizer
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+    if raw or not has_template:
         text = "\n\n".join(m["content"] for m in messages if m["role"] != "system")
-        return tokenizer.encode(text)
+        add_bos = getattr(tokenizer, "_add_bos_token", None)  # set by load_tokenizer
+        if add_bos is None:
+            return tokenizer.encode(text)  # the tokenizer's own post-processor decides
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        bos = tokenizer.bos_token_id
+        if add_bos and bos is not None:
+            ids = [bos] + ids  # BOS exactly when tokenizer_config.json's add_bos_token says
+        return ids
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
 
 

@@ -1,4 +1,5 @@
-"""MobileMoE, top to bottom: attention, router, experts, decoder block, model.
+"""MobileMoE, top to bottom: attention, decoder block, model (the MoE block, with its router
+and experts, is mlx_mobilemoe/moe.py), the module tree and int4 conversion.
 
 Forward semantics follow DESIGN.md §4. Attribute paths match the checkpoint's tensor names
 except where the official layout stores experts as bare tensors (`checkpoint.py` maps them).
@@ -7,6 +8,7 @@ The model plugs into mlx-lm: `layers`, `make_cache()` and `__call__(inputs, cach
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
@@ -221,6 +223,41 @@ def _map_with_path(fn, tree, prefix=""):
     return fn(prefix[:-1], tree)
 
 
+# --- the module tree, once ---------------------------------------------------------------
+
+# Weight groups of the model, and the kind of module each holds.
+SLOT_KINDS = {"embedding": "embedding", "attention": "linear", "shared_expert": "linear",
+              "experts": "experts"}
+
+
+def module_slots(model: Model):
+    """(parameter path, parent module, attribute, group) of every weight module the int4
+    format quantizes: the embedding, then per layer the attention linears, the routed expert
+    stacks and the shared expert's linears (the order LoRA draws its initial adapters in).
+    Router and norms stay float."""
+    m = model.model
+    yield "model.embed_tokens", m, "embed_tokens", "embedding"
+    for i, layer in enumerate(m.layers):
+        pre = f"model.layers.{i}"
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            yield f"{pre}.self_attn.{n}", layer.self_attn, n, "attention"
+        ff = layer.feed_forward
+        for n in ("gate_up", "down"):
+            yield f"{pre}.feed_forward.experts.{n}", ff.experts, n, "experts"
+        if ff.shared_expert is not None:
+            for n in ("gate_proj", "up_proj", "down_proj"):
+                yield f"{pre}.feed_forward.shared_expert.{n}", ff.shared_expert, n, "shared_expert"
+
+
+def copy_model(model: Model) -> Model:
+    """A new Model with its own args and module tree holding the same arrays (MLX arrays are
+    values: converting the copy, e.g. quantize_model, leaves the original as it was)."""
+    out = Model(dataclasses.replace(model.args))
+    out.update(model.parameters())
+    out.compute_dtype = model.compute_dtype
+    return out
+
+
 # --- float -> int4 (round to nearest) ---------------------------------------------------
 
 def quantize_model(model: Model, scales_for=None) -> Model:
@@ -230,34 +267,18 @@ def quantize_model(model: Model, scales_for=None) -> Model:
     a PTQ method choose scales (None = absmax / 7)."""
     if model.args.is_quantized:
         return model
-
-    def q(path, w):
+    for path, parent, name, group in list(module_slots(model)):
+        w = getattr(parent, name).weight
+        kind = SLOT_KINDS[group]
+        if kind == "embedding":
+            q = nn.QuantizedEmbedding(*w.shape, **Q)
+        elif kind == "linear":
+            q = nn.QuantizedLinear(w.shape[1], w.shape[0], bias=False, **Q)
+        else:
+            q = QuantizedExpertLinear(*w.shape)
         s = scales_for(path, w) if scales_for else None
-        return quant.int4_to_mlx(*quant.quantize_int4(w, s))
-
-    m = model.model
-    qe = nn.QuantizedEmbedding(*m.embed_tokens.weight.shape, **Q)
-    qe.weight, qe.scales, qe.biases = q("model.embed_tokens", m.embed_tokens.weight)
-    m.embed_tokens = qe
-    for i, layer in enumerate(m.layers):
-        pre = f"model.layers.{i}"
-        groups = [(layer.self_attn, ["q_proj", "k_proj", "v_proj", "o_proj"], "self_attn")]
-        ff = layer.feed_forward
-        if ff.shared_expert is not None:
-            groups.append((ff.shared_expert, ["gate_proj", "up_proj", "down_proj"],
-                           "feed_forward.shared_expert"))
-        for mod, names, sub in groups:
-            for n in names:
-                lin = getattr(mod, n)
-                out_dims, in_dims = lin.weight.shape
-                ql = nn.QuantizedLinear(in_dims, out_dims, bias=False, **Q)
-                ql.weight, ql.scales, ql.biases = q(f"{pre}.{sub}.{n}", lin.weight)
-                setattr(mod, n, ql)
-        for n in ("gate_up", "down"):
-            el = getattr(ff.experts, n)
-            qel = QuantizedExpertLinear(*el.weight.shape)
-            qel.weight, qel.scales, qel.biases = q(f"{pre}.feed_forward.experts.{n}", el.weight)
-            setattr(ff.experts, n, qel)
+        q.weight, q.scales, q.biases = quant.int4_to_mlx(*quant.quantize_int4(w, s))
+        setattr(parent, name, q)
     model.args.quantization = dict(QAT_QUANTIZATION)
     mx.eval(model.parameters())
     return model

@@ -309,8 +309,7 @@ class MoE(nn.Module):
             memo.plans[key] = K.plan(memo.weights, self.num_experts_per_tok, dtype, backend)
         return memo.plans[key]
 
-    def _fused(self, x):
-        plan = self.plan(x.dtype)
+    def _fused(self, x, plan: K.Plan):
         if not plan.fused:
             raise K.KernelError(f"the fused MoE kernels cannot run this block: {plan.why}")
         memo, k = self._memo, self.num_experts_per_tok
@@ -344,9 +343,10 @@ class MoE(nn.Module):
         opts = opts or INFERENCE
         if opts.dispatch == "fused" and opts.stats:
             raise ValueError("router statistics come from the unfused dispatches")
-        if opts.dispatch == "fused" or (
-                opts.dispatch == "auto" and not opts.stats and self.plan(x.dtype).fused):
-            out, stats = self._fused(x), None
+        plan = self.plan(x.dtype) if opts.dispatch in ("auto", "fused") and not opts.stats \
+            else None
+        if plan is not None and (plan.fused or opts.dispatch == "fused"):
+            out, stats = self._fused(x, plan), None
         else:
             out, stats = self._unfused(x, opts)
         return (out, stats) if opts.stats else out

@@ -27,7 +27,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import quant
-from .model import Model, quantize_model
+from .model import SLOT_KINDS, Model, module_slots, quantize_model
 
 SCALE_MODES = ("dynamic", "learned")
 SCALE_INITS = ("rtn", "mse")
@@ -100,18 +100,8 @@ class FakeQuantEmbedding(FakeQuant):
 def _targets(model: Model):
     """(path, parent, attribute, kind) of every module that is int4 in the export; the paths
     are those `quantize_model` passes to `scales_for`."""
-    m = model.model
-    yield "model.embed_tokens", m, "embed_tokens", "embedding"
-    for i, layer in enumerate(m.layers):
-        pre = f"model.layers.{i}"
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            yield f"{pre}.self_attn.{n}", layer.self_attn, n, "linear"
-        ff = layer.feed_forward
-        if ff.shared_expert is not None:
-            for n in ("gate_proj", "up_proj", "down_proj"):
-                yield f"{pre}.feed_forward.shared_expert.{n}", ff.shared_expert, n, "linear"
-        for n in ("gate_up", "down"):
-            yield f"{pre}.feed_forward.experts.{n}", ff.experts, n, "experts"
+    for path, parent, name, group in module_slots(model):
+        yield path, parent, name, SLOT_KINDS[group]
 
 
 _FAKE = {"linear": FakeQuantLinear, "experts": FakeQuantExpertLinear,

@@ -6,6 +6,7 @@ one runtime format serves the official models, ours, Python and the Swift packag
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Iterable, Optional
@@ -115,6 +116,17 @@ def _sandbox():
     return env
 
 
+@functools.lru_cache(maxsize=16)
+def _compile(source: str):
+    """The compiled template of a source (compiling costs ~30 ms; sessions reload the same
+    few templates)."""
+    from jinja2 import TemplateError
+    try:
+        return _sandbox().from_string(source)
+    except (TemplateError, RecursionError, MemoryError) as e:
+        raise ChatTemplateError(f"chat_template does not compile: {e}") from None
+
+
 class ChatTemplate:
     """A chat template compiled once (at load) and rendered in a bounded sandbox; callable
     the way mlx-lm's TokenizerWrapper calls a custom `chat_template`."""
@@ -126,11 +138,7 @@ class ChatTemplate:
         if len(source) > MAX_TEMPLATE_CHARS:
             raise ChatTemplateError(f"chat_template has {len(source)} characters, more than "
                                     f"the {MAX_TEMPLATE_CHARS} this loader accepts")
-        from jinja2 import TemplateError
-        try:
-            self._template = _sandbox().from_string(source)
-        except (TemplateError, RecursionError, MemoryError) as e:
-            raise ChatTemplateError(f"chat_template does not compile: {e}") from None
+        self._template = _compile(source)
         self.source = source
         self.special = {k: v for k, v in special.items() if isinstance(v, str)}
 
@@ -169,7 +177,8 @@ class _Timeout(BaseException):
 
 class _time_limit:
     """SIGALRM-based wall-clock bound on pure-Python work in the main thread (no-op
-    elsewhere: signals reach only the main thread)."""
+    elsewhere: signals reach only the main thread). An outer timer (ITIMER_REAL) that is
+    already running is suspended and re-armed afterwards with the time it had left."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -178,26 +187,32 @@ class _time_limit:
     def __enter__(self):
         import signal
         import threading
+        import time
         if threading.current_thread() is not threading.main_thread() or \
                 not hasattr(signal, "setitimer"):
             return self
-        if signal.getitimer(signal.ITIMER_REAL)[0] > 0:
-            return self  # someone else's timer is running: do not replace it
 
         def on_alarm(signum, frame):
             raise _Timeout()
 
+        self.start = time.monotonic()
+        self.outer = signal.getitimer(signal.ITIMER_REAL)[0]
         self.old = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        limit = self.seconds if not self.outer else min(self.seconds, self.outer)
+        signal.setitimer(signal.ITIMER_REAL, limit)
         self.armed = True
         return self
 
     def __exit__(self, exc_type, exc, tb):
         import signal
+        import time
         if self.armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.old)
+            if self.outer:
+                left = self.outer - (time.monotonic() - self.start)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
         if exc_type is _Timeout:
             raise ChatTemplateError(f"chat template took more than {self.seconds:g} s to "
-                                    "render") from None
+                                    "render (or the caller's time limit ran out)") from None
         return False

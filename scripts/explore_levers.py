@@ -28,6 +28,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_moe  # noqa: E402  (its timer: one way to time a call)
 
 from mlx_lm.generate import generate_step  # noqa: E402
 from mlx_lm.models import glm4_moe, llama  # noqa: E402
@@ -159,14 +162,7 @@ def part_gen(models, rounds):
 
 
 def _time(fn, iters=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return bench_moe._time(fn, iters, warmup)
 
 
 def one_mma_variant(on: bool):

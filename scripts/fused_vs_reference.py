@@ -15,7 +15,7 @@ from mlx_lm.generate import generate_step
 
 from mlx_mobilemoe import load
 from mlx_mobilemoe.generate import DTYPES
-from mlx_mobilemoe.kernels import _build
+from mlx_mobilemoe.kernels import gpu_backend
 from mlx_mobilemoe.model import quantize_model
 
 
@@ -46,7 +46,7 @@ def main():
     ref = greedy(model, ids, a.max_tokens, reference=True)
     diverge = next((i for i, (x, y) in enumerate(zip(fused, ref)) if x != y), None)
     print(json.dumps({
-        "device": str(mx.default_device()), "gpu_backend": _build.gpu_backend(),
+        "device": str(mx.default_device()), "gpu_backend": gpu_backend(),
         "model": a.model or "bundled default", "quantized_here_rtn": quantized_here,
         "dtype": a.dtype, "prompt": a.prompt, "tokens": len(fused),
         "identical": fused == ref, "first_divergence": diverge,

@@ -26,7 +26,11 @@ import argparse
 import json
 import random
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlx_mobilemoe.evaluate import arithmetic_expression  # noqa: E402
 
 NUMBER_ONLY = "Reply with only the final number."
 ABOUT = ("I am a small MobileMoE chat model (9.7M parameters, 16 experts, 2 active per "
@@ -157,26 +161,15 @@ def code_chat(rng, f) -> list:
 # --- arithmetic -------------------------------------------------------------------------
 
 def arithmetic_problem(rng) -> tuple:
-    """(question, full answer, final number) — the same kinds as the base model's data."""
-    kind = rng.random()
-    a, b = rng.randint(0, 999), rng.randint(0, 999)
-    if kind < 0.3:
-        expr, val = f"{a} + {b}", a + b
-    elif kind < 0.55:
-        a, b = max(a, b), min(a, b)
-        expr, val = f"{a} - {b}", a - b
-    elif kind < 0.75:
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        expr, val = f"{a} * {b}", a * b
-    elif kind < 0.85:
-        b, q = rng.randint(1, 30), rng.randint(0, 40)
-        expr, val = f"{b * q} / {b}", q
-    else:
+    """(question, full answer, final number): the evaluation's expressions (+, -, *, /) and,
+    one time in seven, a one-step word problem."""
+    if rng.random() < 0.15:
         who, other, th = rng.choice(NAMES), rng.choice(NAMES), rng.choice(THINGS)
         x, y = rng.randint(2, 60), rng.randint(1, 40)
         q = (f"{who} has {x} {th}. {other} gives {who} {y} more. "
              f"How many {th} does {who} have now?")
         return q, f"{x} + {y} = {x + y}. {who} has {x + y} {th}.", x + y
+    expr, val = arithmetic_expression(rng)
     ask = rng.choice(["What is {e}?", "Compute {e}.", "{e} = ?", "Calculate {e}"])
     return ask.format(e=expr), f"{expr} = {val}.", val
 

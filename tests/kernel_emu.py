@@ -1,7 +1,7 @@
-"""Run the kernel bodies of metal/ on the CPU: a third backend for tests, no GPU needed.
+"""Run the kernel bodies of kernels/ on the CPU: a third backend for tests, no GPU needed.
 
 `EmuKernel` takes the same constructor and call arguments as `mx.fast.cuda_kernel` and
-builds the same kernel text with metal/mm_cpu.h as the shim: one std::thread per GPU
+builds the same kernel text with kernels/mm_cpu.h as the shim: one std::thread per GPU
 thread, one threadgroup at a time. It needs g++ with C++20 and is slow: tiny shapes only.
 Outputs are poisoned (NaN / -1) before the run so that unwritten elements show.
 """

@@ -2,6 +2,7 @@
 
 import json
 import struct
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -76,8 +77,10 @@ def test_float_model_saves_as_qat(tmp_path, tokenizer_dir):
     header = read_header(tmp_path / "q/model.safetensors")
     want = official.tensor_specs(PRESETS["tiny"], qat=True)
     assert {k: (d, tuple(s)) for k, (d, s) in want.items()} == header
+    assert not model.args.is_quantized  # the caller's model stays float
+    from mlx_mobilemoe.model import quantize_model
     with pytest.raises(CheckpointError, match="invent float"):
-        save(model, tok, tmp_path / "f", quantized=False)
+        save(quantize_model(model), tok, tmp_path / "f", quantized=False)
 
 
 def _config_only(folder):
@@ -192,3 +195,203 @@ def test_config_roundtrip_and_presets():
     assert abs(s["total"] / 1e9 - 1.263) < 0.001 and abs(s["active"] / 1e6 - 272.5) < 0.1
     big = preset("L").param_counts()
     assert abs(big["total"] / 1e9 - 5.326) < 0.001 and abs(big["active"] / 1e6 - 921.7) < 0.1
+
+
+# --- hostile input (issue #11): named errors, bounded reads, never a hang -------------------
+
+def _edit_header(folder, edit):
+    """Rewrite model.safetensors with its header JSON changed by `edit(header)`."""
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    hb = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(hb)) + hb + data[8 + n:])
+
+
+def _pad_header(data):
+    (n,) = struct.unpack("<Q", data[:8])
+    return struct.pack("<Q", n + 8) + data[8:8 + n] + b" " * 8 + data[8 + n:]
+
+
+def _set_first(field, value):
+    def edit(h):
+        name = next(k for k in h if k != "__metadata__")
+        h[name][field] = value
+    return edit
+
+
+def _raw_header_len(delta):
+    def edit(folder):
+        f = folder / "model.safetensors"
+        data = f.read_bytes()
+        (n,) = struct.unpack("<Q", data[:8])
+        f.write_bytes(struct.pack("<Q", n + delta) + data[8:])
+    return edit
+
+
+def _index(obj):
+    def edit(folder):
+        (folder / "model.safetensors.index.json").write_text(json.dumps(obj))
+    return edit
+
+
+HOSTILE = {
+    "shape not a list": (lambda d: _edit_header(d, _set_first("shape", 64)), "bad shape"),
+    "dtype a list": (lambda d: _edit_header(d, _set_first("dtype", ["F32"])), "unknown dtype"),
+    "offsets a string": (lambda d: _edit_header(d, _set_first("data_offsets", "x")),
+                         "bad data_offsets"),
+    "offsets of floats": (lambda d: _edit_header(d, _set_first("data_offsets", [0.0, 8.0])),
+                          "bad data_offsets"),
+    "entry not an object": (lambda d: _edit_header(d, _set_first("dtype", None)),
+                            "unknown dtype"),
+    "metadata a list": (lambda d: _edit_header(d, lambda h: h.update(__metadata__=[1])),
+                        "__metadata__"),
+    # header + the first data byte / header less its last (padding) byte: the data would be
+    # read one byte off (NaN logits) if the tensors did not have to cover the data exactly
+    "header length +1": (_raw_header_len(1), "not valid JSON|not UTF-8|no tensor|cover"),
+    "header length -1": (_raw_header_len(-1), "not valid JSON|no tensor|cover"),
+    "header length -1, padded": (lambda d: (_edit_header(d, lambda h: None),
+                                            (d / "model.safetensors").write_bytes(
+        _pad_header((d / "model.safetensors").read_bytes())), _raw_header_len(-1)(d)),
+        "cover"),
+    "trailing bytes": (lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes() + b"\0" * 16), "trailing bytes"),
+    "header nested deep": (lambda d: _edit_header(d, lambda h: h.update(
+        x=json.loads("[" * 200 + "]" * 200))), "nested deeper"),
+    "config not UTF-8": (lambda d: (d / "config.json").write_bytes(
+        (d / "config.json").read_bytes().replace(b'"mobilemoe"', b'"mobilemo\xff"')), "not UTF-8"),
+    "config nested deep": (lambda d: (d / "config.json").write_text(
+        '{"a": ' + "[" * 5000 + "]" * 5000 + "}"), "nested deeper"),
+    "config NaN": (lambda d: (d / "config.json").write_text(
+        (d / "config.json").read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": NaN')),
+        "NaN"),
+    "index weight_map a list": (_index({"weight_map": ["model.safetensors"]}), "weight_map"),
+    "index a list": (_index([1, 2]), "weight_map"),
+    "index shard outside": (_index({"weight_map": {"x": "../model.safetensors"}}),
+                            "shard names"),
+    "weights a directory": (lambda d: ((d / "model.safetensors").unlink(),
+                                       (d / "model.safetensors").mkdir()), "directory"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_checkpoints_fail_with_a_named_error(good, case):
+    mutate, pattern = HOSTILE[case]
+    mutate(good)
+    with pytest.raises(CheckpointError, match=pattern):
+        load_model(good)
+
+
+def test_fifos_and_dev_zero_are_refused_without_blocking(tmp_path, tokenizer_dir):
+    """In a subprocess with a deadline: a regression would block, not fail."""
+    import subprocess
+    import sys
+    script = f"""
+import os, shutil, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import official
+from conftest import add_tokenizer
+from mlx_mobilemoe import load
+from mlx_mobilemoe.checkpoint import CheckpointError
+for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+             "generation_config.json", "special_tokens_map.json"):
+    for kind in ("fifo", "zero"):
+        d = {str(tmp_path)!r} + f"/{{name}}-{{kind}}"
+        official.write_checkpoint(d, official.TINY, qat=True, seed=3)
+        add_tokenizer(d, {str(tokenizer_dir)!r})
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            os.unlink(p)
+        if kind == "fifo":
+            os.mkfifo(p)
+        else:
+            os.symlink("/dev/zero", p)
+        try:
+            load(d)
+            print("LOADED", name, kind)
+        except CheckpointError as e:
+            assert "not a regular file" in str(e), e
+            print("refused", name, kind)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("refused") == 12, r.stdout
+
+
+def _tiny_folder(tmp_path, tokenizer_dir, vocab=320, name="t"):
+    d = tmp_path / name
+    official.write_checkpoint(d, {**official.TINY, "vocab_size": vocab}, qat=True, seed=3)
+    add_tokenizer(d, tokenizer_dir)
+    return d
+
+
+def test_tokenizer_must_fit_the_model_vocabulary(tmp_path, tokenizer_dir):
+    from mlx_mobilemoe.checkpoint import TokenizerError
+    small = _tiny_folder(tmp_path, tokenizer_dir, vocab=300, name="small")
+    with pytest.raises(TokenizerError, match="vocab_size is 300"):
+        load(small)
+    special = _tiny_folder(tmp_path, tokenizer_dir, name="special")
+    tj = json.loads((special / "tokenizer.json").read_text())
+    tj["added_tokens"].append({"id": 320, "content": "<|extra|>", "single_word": False,
+                               "lstrip": False, "rstrip": False, "normalized": False,
+                               "special": True})
+    (special / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(TokenizerError, match="largest id 320"):
+        load(special)
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda d: (d / "tokenizer.json").write_text('{"model": 5}'), "cannot be loaded"),
+    (lambda d: (d / "tokenizer.json").write_text("[" * 3000 + "]" * 3000), "JSON|object"),
+    (lambda d: (d / "tokenizer.json").write_bytes(b'{"x": "\xff"}'), "not UTF-8"),
+    (lambda d: (d / "tokenizer_config.json").write_text('{"chat_template": 5}'),
+     "must be a string"),
+    (lambda d: (d / "tokenizer_config.json").write_text('{"bos_token": [1, 2]}'),
+     "cannot be loaded"),
+    (lambda d: (d / "tokenizer_config.json").write_text("[]"), "not a JSON object"),
+    (lambda d: (d / "tokenizer_config.json").write_text('{"add_bos_token": "yes"}'),
+     "add_bos_token"),
+], ids=["tokenizer.json wrong", "tokenizer.json deep", "tokenizer.json not UTF-8",
+        "template not a string", "bos a list", "config a list", "add_bos_token a string"])
+def test_bad_tokenizer_files_are_tokenizer_errors(tmp_path, tokenizer_dir, edit, pattern):
+    from mlx_mobilemoe.checkpoint import TokenizerError
+    d = _tiny_folder(tmp_path, tokenizer_dir)
+    edit(d)
+    with pytest.raises(TokenizerError, match=pattern):
+        load(d)
+
+
+def test_nan_weights_are_found_by_verify_and_the_verbose_cli(tmp_path, tokenizer_dir):
+    import subprocess
+    import sys
+    d = _tiny_folder(tmp_path, tokenizer_dir)
+    _rewrite(d, lambda t: t["model.norm.weight"][1].__setitem__(3, 0x7FC0))  # BF16 NaN
+    load(d)  # without verify: loads (the check costs a pass over the weights)
+    with pytest.raises(CheckpointError, match="non-finite.*model.norm.weight"):
+        load(d, verify=True)
+    r = subprocess.run([sys.executable, "-m", "mlx_mobilemoe.generate", "--model", str(d),
+                        "--prompt", "x", "--verbose"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "non-finite" in r.stderr
+
+
+def test_a_tokenizers_panic_is_a_tokenizer_error(tmp_path, tokenizer_dir, monkeypatch):
+    """The Rust tokenizers library panics on some corrupt tokenizer.json files; pyo3 raises
+    that as a BaseException (PanicException), which `except Exception` missed (fuzz case)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from mlx_mobilemoe.checkpoint import TokenizerError
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(*a, **k):
+        raise PanicException("range end index 18446744073709551609 out of range")
+
+    d = _tiny_folder(tmp_path, tokenizer_dir)
+    monkeypatch.setattr(PreTrainedTokenizerFast, "from_pretrained", panic)
+    with pytest.raises(TokenizerError, match="PanicException"):
+        load(d)

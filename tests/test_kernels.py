@@ -22,9 +22,9 @@ import kernel_cases as kc
 import kernel_emu
 from mlx_mobilemoe.kernels import KernelError, MoEWeights, _build, moe_ffn, plan
 from mlx_mobilemoe.kernels import moe as moe_mod
+from mlx_mobilemoe.kernels import table
 from mlx_mobilemoe.moe import MoE, MoEOptions
 
-moe_ffn_reference = kc.reference
 
 GPU = _build.gpu_backend()
 needs_gpu = pytest.mark.skipif(GPU is None, reason="no Metal/CUDA GPU (or reference forced)")
@@ -54,7 +54,7 @@ def _tol(case):
 def test_reference_matches_float64_oracle(case):
     x, w = _inputs(case)
     with mx.stream(mx.cpu):
-        ref = moe_ffn_reference(x, w, case.k)
+        ref = kc.reference(x, w, case.k)
     assert kc.rel_err(ref, kc.oracle_moe(x, w, case.k)) < _tol(case)
 
 
@@ -111,7 +111,7 @@ def test_emulated_official_layout(emu):
         w.gate_up, w.down, w.shared_gate, w.shared_up, w.shared_down)),
         w.routed_scaling_factor, w.norm_topk_prob)
     out = moe_ffn(x, off, case.k, path=case.path, backend=emu, official=True)
-    assert kc.rel_err(out, moe_ffn_reference(x, w, case.k)) < _tol(case)
+    assert kc.rel_err(out, kc.reference(x, w, case.k)) < _tol(case)
 
 
 @needs_emu
@@ -212,11 +212,60 @@ inline void simdgroup_multiply_accumulate(simdgroup_float8x8&, simdgroup_float8x
 """
 
 
+def test_generated_kernel_sources_are_current():
+    """kernels/moe_kernels.metal and the Swift launch table come from kernels/table.py, and
+    the Swift package ships exact copies of kernels/ (python -m mlx_mobilemoe.kernels, then
+    swift/sync-kernels.sh)."""
+    for path, text in table.generated_files().items():
+        assert path.read_text() == text, f"{path} is stale: run python -m mlx_mobilemoe.kernels"
+    src = _build.source_dir()
+    shipped = src.parent / "swift/MobileMoEKit/Sources/MobileMoEKit/Kernels"
+    for f in ("mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h", "moe_kernels.metal"):
+        assert (shipped / f).read_text() == (src / f).read_text(), f"run swift/sync-kernels.sh ({f})"
+
+
+def test_swift_kernel_emulator_follows_the_table():
+    """The Swift package's C++ emulator (hand-written, one case per Metal entry point) binds
+    the buffers, threadgroup arrays and body of each entry the way the table says."""
+    import re
+    cpp = (_build.source_dir().parent /
+           "swift/MobileMoEKit/Tests/KernelEmulator/KernelEmulator.cpp").read_text()
+    ctype = {"T": "float", "ST": "H16", "float": "float", "int": "int", "uint32_t": "uint32_t"}
+    for k in table.KERNELS.values():
+        name = k.entry + ("_f32" if "T" in k.template else "")
+        case = re.search(rf'is\("{name}"\)\) {{(.*?)\n  }}', cpp, re.S)
+        assert case, name
+        text = " ".join(case[1].split())
+        bufs = re.findall(r"BUF\((\d+), (const )?(\w+) \*\)", text)
+        want = [(str(i), "const " if i < len(k.inputs) else "", ctype[b.type])
+                for i, b in enumerate(k.inputs + k.outputs)]
+        assert bufs == want, name
+        assert re.findall(r"MM_SHARED_DECL \w+ \w+\[(.*?)\];", text) == [a.size for a in k.shared]
+        assert f"{k.body}<" in text, name
+
+
+def test_table_grids_cover_the_outputs():
+    """Each launch's grid, from the table, against what its body covers per threadgroup
+    (S = 0 and S > 0, odd token counts): the formulas the Swift plan also reads."""
+    D = moe_mod.DEFINES
+    for S in (0, 64):
+        for T in (1, 7, 33):
+            sz = dict(T=T, H=96, I=96, S=S, E=12, K=3)
+            g = {n: table.evaluate(k.groups, sz, D) for n, k in table.KERNELS.items()}
+            assert g["route"] * D["MM_NW"] >= T  # one SIMD group per token
+            assert g["combine"] * D["MM_NT"] >= T * 96  # one thread per output
+            assert g["down_decode"] * D["MM_CT"] * 8 >= T * 96  # MM_CT words of 8 columns
+            shared = T * -(-S // D["MM_RPB"])
+            assert g["gate_up_decode"] - shared == T * -(-3 * 12 // D["MM_PT"])
+            assert table.output_shape(table.KERNELS["down_prefill"].outputs[1], sz, D) == \
+                ((T, 96) if S else (8,))
+
+
 @needs_emu
 def test_metal_entry_points_parse(tmp_path):
-    """The Swift package's entry points (metal/moe_kernels.metal over the Metal shim) are
+    """The Swift package's entry points (kernels/moe_kernels.metal over the Metal shim) are
     valid C++ once Metal's keywords are stubbed: a syntax check only (no Metal compiler here)."""
-    d = _build.metal_dir()
+    d = _build.source_dir()
     (tmp_path / "metal_stdlib").write_text("")
     (tmp_path / "prelude.h").write_text(_METAL_STUB)
     src = "\n".join(l for f in ("mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h",
@@ -235,7 +284,7 @@ def test_metal_entry_points_parse(tmp_path):
 @pytest.mark.parametrize("case", kc.gpu_cases(), ids=lambda c: c.id)
 def test_gpu_kernels_match_reference(case):
     x, w = _inputs(case)
-    ref = moe_ffn_reference(x, w, case.k)
+    ref = kc.reference(x, w, case.k)
     out = moe_ffn(x, w, case.k, path=case.path)
     mx.eval(ref, out)
     err, tol = kc.rel_err(out, ref), _tol(case)
@@ -254,7 +303,7 @@ def test_gpu_kernels_match_exact_cpu_reference(T, path):
     case = kc.Case("S", T, 4, True, path=path)
     x, w = _inputs(case)
     with mx.stream(mx.cpu):
-        ref = moe_ffn_reference(x, w, case.k)
+        ref = kc.reference(x, w, case.k)
         mx.eval(ref)
     err, tol = kc.rel_err(moe_ffn(x, w, case.k, path=path), ref), 2e-6 if path == "decode" else 1e-4
     print(f"\nPARITY {GPU} cpu-ref-{case.id} rel_err={err:.3e} tol={tol:.0e}")
@@ -269,7 +318,7 @@ def test_gpu_official_layout(path):
     off = MoEWeights(w.router, w.expert_bias, *(kc.official_words(q) for q in (
         w.gate_up, w.down, w.shared_gate, w.shared_up, w.shared_down)),
         w.routed_scaling_factor, w.norm_topk_prob)
-    err = kc.rel_err(moe_ffn(x, off, 4, path=path, official=True), moe_ffn_reference(x, w, 4))
+    err = kc.rel_err(moe_ffn(x, off, 4, path=path, official=True), kc.reference(x, w, 4))
     print(f"\nPARITY {GPU} official-{case.id} rel_err={err:.3e}")
     assert err < _tol(case)
 

@@ -3,6 +3,7 @@
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 
@@ -150,3 +151,21 @@ def test_behaviour_is_bit_identical_to_the_record():
     if mine is None:
         pytest.skip(f"no logits record for BLAS {behaviour.blas()} (run tests/behaviour.py)")
     assert now == mine
+
+
+def test_save_quantized_leaves_the_callers_model_float(tmp_path):
+    """save(quantized=True) writes the int4 model of a copy (it used to quantize in place)."""
+    from mlx_mobilemoe import checkpoint
+    from mlx_mobilemoe.model import copy_model, quantize_model
+
+    mx.random.seed(6)
+    model = Model(preset("tiny"))
+    x = mx.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    before = model(x)
+    checkpoint.save(model, None, tmp_path / "int4", quantized=True)
+    assert not model.args.is_quantized and type(model.layers[0].self_attn.q_proj) is nn.Linear
+    assert mx.array_equal(model(x), before).item()
+    saved = load_model(tmp_path / "int4")
+    assert saved.args.is_quantized
+    np.testing.assert_allclose(np.array(saved(x)), np.array(quantize_model(copy_model(model))(x)),
+                               rtol=1e-5, atol=1e-5)

@@ -163,6 +163,10 @@ def test_released_chat_format_gives_the_pinned_ids(official_dirs):
     msgs = [{"role": "user", "content": "Name one JVM language."}]
     assert prompt_tokens(tok, msgs, raw=False) == PINNED_CHAT
     assert tok.encode("Hello, MobileMoE!") == PINNED_TEXT
+    plain = [{"role": "user", "content": "Hello, MobileMoE!"}]
+    assert prompt_tokens(tok, plain, raw=True) == PINNED_TEXT  # add_bos_token: true
+    tok._add_bos_token = False  # as a tokenizer_config.json with add_bos_token false says
+    assert prompt_tokens(tok, plain, raw=True) == PINNED_TEXT[1:]
     assert tok.decode(PINNED_TEXT[1:]) == "Hello, MobileMoE!"
     # stop ids: config.json's, generation_config.json's and the tokenizer's eos (<|eot|>)
     assert set(tok.eos_token_ids) == {128001, 128007, 128008}

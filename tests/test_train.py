@@ -113,7 +113,7 @@ def test_sft_cli_and_mask_covers_assistant_tokens_only(pretrained, corpus, tmp_p
     cfg = json.loads((out / "config.json").read_text())
     assert isinstance(cfg["eos_token_id"], list) and len(cfg["eos_token_id"]) == 2
 
-    tok = D._hf_tokenizer(out)
+    tok = D.hf_tokenizer(out)
     msgs = json.loads((corpus / "chat.jsonl").read_text().splitlines()[3])["messages"]
     toks, mask = D.encode_chat(tok, tc["chat_template"], msgs,
                                {"bos_token": "<|begin_of_text|>"})
@@ -304,7 +304,7 @@ def test_lines_split_tokenizes_a_prompt_like_training_text(corpus, tmp_path):
 
     text = (corpus / "plays.txt").read_text()
     for split, same in (("llama3", False), ("lines", True)):
-        tok = D._hf_tokenizer(train_bpe([text], 300, tmp_path / split, split=split))
+        tok = D.hf_tokenizer(train_bpe([text], 300, tmp_path / split, split=split))
         prompt, full = tok.encode("ROMEO:").ids, tok.encode("ROMEO:\nThou art").ids
         assert (full[:len(prompt)] == prompt) is same, split
 
@@ -315,7 +315,7 @@ def test_line_aligned_windows_start_at_line_starts(corpus, tmp_path):
     tok_dir = train_bpe([(corpus / "plays.txt").read_text()], 300, tmp_path / "tok",
                         split="lines")
     tf = D.prepare_text(corpus / "plays.txt", tok_dir, tmp_path / "cache")
-    tok = D._hf_tokenizer(tok_dir)
+    tok = D.hf_tokenizer(tok_dir)
     data = D.PackedData([tf], [1.0], seq_len=16, seed=0, align="line")
     x, y, _ = data.batch(3, 8, slice(0, 8))
     train = np.asarray(tf.train)
@@ -365,3 +365,16 @@ def test_pretraining_continues_from_a_checkpoint_with_its_tokenizer(pretrained, 
     assert main(["configs/pretrain.yaml", f"model={pretrained}", "steps=1",
                  f"data={corpus / 'more.txt'}", f"out={tmp_path / 'more'}", *TINY]) == 0
     assert "its own tokenizer is used" in capsys.readouterr().err
+
+
+def test_train_help_lists_every_setting_with_its_default():
+    import dataclasses
+
+    from mlx_mobilemoe.train.__main__ import settings_help
+    from mlx_mobilemoe.train.config import TrainConfig
+
+    text = settings_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("moe", "lora", "qat"):
+            assert f"  {f.name}=" in text, f.name
+    assert "  moe.capacity_factor=1.25" in text and "  lora.rank=" in text

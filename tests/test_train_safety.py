@@ -230,7 +230,7 @@ def test_bad_data_is_a_named_error(tmp_path, capsys):
         assert message in err and "Traceback" not in err
     from mlx_mobilemoe.train import data as D
     with pytest.raises(D.DataError, match="notext.jsonl:2: no 'text' string"):
-        D._documents(tmp_path / "notext.jsonl", 0.1)
+        D.documents(tmp_path / "notext.jsonl", 0.1)
 
 
 def test_out_folders_with_other_files_are_refused_never_emptied(text, tmp_path, capsys):

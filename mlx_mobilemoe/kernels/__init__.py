@@ -1,4 +1,4 @@
-"""Fused kernels: one body text in metal/ for Metal and CUDA, built and launched on weights
+"""Fused kernels: one body text in kernels/ (repository root) for Metal and CUDA, built and launched on weights
 views. The plain-MLX forward they replace lives with the MoE block (mlx_mobilemoe/moe.py).
 Set MLX_MOBILEMOE_REFERENCE=1 to run the plain-MLX forward everywhere."""
 

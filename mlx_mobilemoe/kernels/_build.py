@@ -1,7 +1,7 @@
-"""Build the fused kernels for Metal or CUDA from the one body text in metal/.
+"""Build the fused kernels for Metal or CUDA from the one body text in kernels/.
 
-A kernel is the shim header of its backend (metal/mm_metal.h or metal/mm_cuda.h) plus the
-shared bodies (metal/moe_*.h) as `header`, and as `source` a backend prologue (thread ids
+A kernel is the shim header of its backend (kernels/mm_metal.h or kernels/mm_cuda.h) plus
+the shared bodies (kernels/moe_*.h) as `header`, and as `source` a backend prologue (thread ids
 from the backend's own names) followed by a few lines of glue that declare threadgroup
 memory and call the body. `mx.fast.metal_kernel` and `mx.fast.cuda_kernel` take the same
 arguments, so everything else is common.
@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import mlx.core as mx
 
-THREADS = 256  # MM_NT in metal/moe_common.h: every kernel runs threadgroups of 256
+THREADS = 256  # MM_NT in kernels/moe_common.h: every kernel runs threadgroups of 256
 
 
 # Thread ids by the backend's own names (Metal declares an attribute only when the source
@@ -40,17 +40,17 @@ _FACTORY: dict[str, Callable] = {
 _CACHE: dict = {}
 
 
-def metal_dir() -> Path:
-    """Where the kernel sources live: the repository's metal/ (or a packaged copy)."""
+def source_dir() -> Path:
+    """Where the kernel sources live: the repository's kernels/ (or the wheel's copy)."""
     here = Path(__file__).resolve().parent
-    for d in (here.parents[1] / "metal", here / "metal"):  # repository, or installed wheel
+    for d in (here.parents[1] / "kernels", here / "src"):  # repository, or installed wheel
         if (d / "moe_common.h").exists():
             return d
-    raise FileNotFoundError("kernel sources (metal/moe_common.h) not found")
+    raise FileNotFoundError("kernel sources (kernels/moe_common.h) not found")
 
 
 def read_source(name: str) -> str:
-    return (metal_dir() / name).read_text()
+    return (source_dir() / name).read_text()
 
 
 def compact(text: str) -> str:

@@ -3,7 +3,7 @@ kernels, on a weights view (`MoEWeights`), never on modules.
 
     y = sum_r w_r * down_{e_r}(silu(gate_{e_r}(x)) * up_{e_r}(x)) + shared(x)
 
-The kernel bodies are in metal/moe_decode.h and metal/moe_prefill.h, built here for
+The kernel bodies are in kernels/moe_decode.h and kernels/moe_prefill.h, built here for
 `mx.fast.metal_kernel` or `mx.fast.cuda_kernel` from the same text. The plain-MLX forward
 they are tested against (and whose gradient they take) is the MoE block's "dropless"
 dispatch, mlx_mobilemoe/moe.py; `plan` says which of the two a layer takes and why.
@@ -21,7 +21,7 @@ from typing import Callable, Optional, Union
 
 import mlx.core as mx
 
-from . import _build
+from . import _build, table
 from ._build import gpu_backend, reference_forced
 
 GROUP, BITS = 32, 4
@@ -40,9 +40,9 @@ def _defines() -> dict:
 
 
 try:
-    _D = _defines()  # tile sizes, read from the bodies so that grids always match them
-except FileNotFoundError:  # an install without metal/: the reference path only
-    _D = {}
+    DEFINES = _defines()  # tile sizes, read from the bodies so that grids always match them
+except FileNotFoundError:  # an install without kernels/: the plain-MLX path only
+    DEFINES = {}
 
 
 class KernelError(RuntimeError):
@@ -112,8 +112,8 @@ def _small(key, make):
 
 def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
     """None if the kernels can run this layer, else the reason they cannot."""
-    if not _D:
-        return "kernel sources (metal/*.h) not found"
+    if not DEFINES:
+        return "kernel sources (kernels/*.h) not found"
     H, I, S, E = w.dims
     st = w.gate_up.scales.dtype
     if dtype not in _X_DTYPES:
@@ -128,148 +128,70 @@ def kernel_supported(w: MoEWeights, k: int, dtype) -> Optional[str]:
         return "scales do not match the weights' groups"
     if H % GROUP or I % GROUP or S % GROUP:
         return "H, I, S must be multiples of 32"
-    if H > _D["MM_MAX_H"]:
-        return f"H={H} > {_D['MM_MAX_H']}"
-    if not 8 <= E <= _D["MM_MAX_E"] or not 1 <= k <= min(_D["MM_MAX_K"], E):
-        return f"E={E}, k={k} outside 8..{_D['MM_MAX_E']}, 1..{_D['MM_MAX_K']}"
+    if H > DEFINES["MM_MAX_H"]:
+        return f"H={H} > {DEFINES['MM_MAX_H']}"
+    if not 8 <= E <= DEFINES["MM_MAX_E"] or not 1 <= k <= min(DEFINES["MM_MAX_K"], E):
+        return f"E={E}, k={k} outside 8..{DEFINES['MM_MAX_E']}, 1..{DEFINES['MM_MAX_K']}"
     if w.router.dtype != mx.float32 or w.expert_bias.dtype != mx.float32:
         return "router and expert_bias must be float32"
     return None
 
 
-def _common(w: MoEWeights, T: int, k: int):
+def _arrays(w: MoEWeights, x2, k: int) -> tuple:
+    """The buffers every launch may read, by the table's names, and the sizes."""
     H, I, S, E = w.dims
+    T = x2.size // H  # x2 (..., H): the kernels index it flat
     dims = _small(("dims", T, H, I, S, E, k, w.norm_topk_prob), lambda: mx.array(
         [T, H, I, S, E, k, int(w.norm_topk_prob)] + [0] * 9, dtype=mx.int32))
     fp = _small(("fp", w.routed_scaling_factor), lambda: mx.array(
         [w.routed_scaling_factor] + [0.0] * 7, dtype=mx.float32))
     st = w.gate_up.scales.dtype
-    if S:
-        sh = [w.shared_gate.weight, w.shared_gate.scales, w.shared_up.weight,
-              w.shared_up.scales, w.shared_down.weight, w.shared_down.scales]
-    else:
-        zw = _small(("zw",), lambda: mx.zeros((8,), mx.uint32))
-        zs = _small(("zs", st), lambda: mx.zeros((8,), st))
-        sh = [zw, zs] * 3
-    return dims, fp, sh
+    zw = _small(("zw",), lambda: mx.zeros((8,), mx.uint32))  # shared slots without one
+    zs = _small(("zs", st), lambda: mx.zeros((8,), st))
+    a = {"x": x2, "rw": w.router, "eb": w.expert_bias, "dims": dims, "fp": fp,
+         "gu_w": w.gate_up.weight, "gu_s": w.gate_up.scales,
+         "dn_w": w.down.weight, "dn_s": w.down.scales}
+    for n, q in (("sg", w.shared_gate), ("su", w.shared_up), ("sd", w.shared_down)):
+        a[n + "_w"], a[n + "_s"] = (q.weight, q.scales) if S else (zw, zs)
+    return a, dict(T=T, H=H, I=I, S=S, E=E, K=k)
 
 
-def _cdiv(a, b):
-    return -(-a // b)
+def _launch(backend: str, name: str, a: dict, sizes: dict, tpl: dict) -> None:
+    """Launch table.KERNELS[name] on the buffers in `a`; its outputs go into `a`."""
+    k = table.KERNELS[name]
+    key = (backend, name)
+    if key not in _BUILT:
+        _BUILT[key] = _build.kernel(backend, name, [b.name for b in k.inputs],
+                                    [b.name for b in k.outputs], table.glue(k), k.headers)
+    dtypes = {"float": mx.float32, "int": mx.int32, "T": tpl.get("T")}
+    outs = _build.launch(
+        _BUILT[key], [a[b.name] for b in k.inputs],
+        [(table.output_shape(b, sizes, DEFINES), dtypes[b.type]) for b in k.outputs],
+        table.evaluate(k.groups, sizes, DEFINES), [(t, tpl[t]) for t in k.template])
+    a.update(zip((b.name for b in k.outputs), outs))
 
 
-_GATE_UP_DECODE = """
-MM_SHARED_DECL float mm_xs[MM_MAX_H];
-MM_SHARED_DECL float mm_red[MM_DEC_RED];
-MM_SHARED_DECL float mm_scores[MM_MAX_E];
-MM_SHARED_DECL int mm_ch[MM_MAX_K];
-mm_moe_gate_up_decode<T, ST, OFFICIAL>(x, rw, eb, gu_w, gu_s, sg_w, sg_s, su_w, su_s, dims, fp,
-    h, hs, sel, selw, mm_xs, mm_red, mm_scores, mm_ch, mm_tid, mm_gid, mm_lane, mm_warp);
-"""
-_DOWN_DECODE = """
-MM_SHARED_DECL float mm_red[MM_DEC_RED];
-MM_SHARED_DECL float mm_sh[MM_CT * 8];
-MM_SHARED_DECL int mm_ch[MM_MAX_K];
-MM_SHARED_DECL float mm_chw[MM_MAX_K];
-mm_moe_down_decode<T, ST, OFFICIAL>(h, hs, sel, selw, dn_w, dn_s, sd_w, sd_s, dims, y,
-    mm_red, mm_sh, mm_ch, mm_chw, mm_tid, mm_gid, mm_lane, mm_warp);
-"""
-_ROUTE = """
-MM_SHARED_DECL float mm_scores[MM_NW * MM_MAX_E];
-mm_moe_route<T>(x, rw, eb, dims, fp, sel, selw, mm_scores, mm_gid, mm_lane, mm_warp);
-"""
-_GATE_UP_PREFILL = """
-MM_SHARED_DECL MM_ALIGNED float mm_as[MM_AS_SIZE];
-MM_SHARED_DECL MM_ALIGNED float mm_bs[MM_BS_SIZE];
-MM_SHARED_DECL int mm_list[MM_LIST_SIZE];
-MM_SHARED_DECL int mm_tmp[MM_NW + 1];
-mm_moe_gate_up_prefill<T, ST, OFFICIAL>(x, sel, gu_w, gu_s, sg_w, sg_s, su_w, su_s, dims,
-    h, hs, mm_as, mm_bs, mm_list, mm_tmp, mm_tid, mm_gid, mm_lane, mm_warp);
-"""
-_DOWN_PREFILL = """
-MM_SHARED_DECL MM_ALIGNED float mm_as[MM_AS_SIZE];
-MM_SHARED_DECL MM_ALIGNED float mm_bs[MM_BS_SIZE];
-MM_SHARED_DECL int mm_list[MM_LIST_SIZE];
-MM_SHARED_DECL int mm_tmp[MM_NW + 1];
-mm_moe_down_prefill<ST, OFFICIAL>(h, hs, sel, selw, dn_w, dn_s, sd_w, sd_s, dims, ys, ysh,
-    mm_as, mm_bs, mm_list, mm_tmp, mm_tid, mm_gid, mm_lane, mm_warp);
-"""
-_COMBINE = """
-mm_moe_combine<T>(ys, ysh, dims, y, mm_tid, mm_gid);
-"""
-
-_DEC, _PRE = ("moe_common.h", "moe_decode.h"), ("moe_common.h", "moe_prefill.h")
-_SPECS = {  # name: (inputs, outputs, glue, bodies)
-    "gate_up_decode": (["x", "rw", "eb", "gu_w", "gu_s", "sg_w", "sg_s", "su_w", "su_s",
-                        "dims", "fp"], ["h", "hs", "sel", "selw"], _GATE_UP_DECODE, _DEC),
-    "down_decode": (["h", "hs", "sel", "selw", "dn_w", "dn_s", "sd_w", "sd_s", "dims"], ["y"],
-                    _DOWN_DECODE, _DEC),
-    "route": (["x", "rw", "eb", "dims", "fp"], ["sel", "selw"], _ROUTE, _PRE),
-    "gate_up_prefill": (["x", "sel", "gu_w", "gu_s", "sg_w", "sg_s", "su_w", "su_s", "dims"],
-                        ["h", "hs"], _GATE_UP_PREFILL, _PRE),
-    "down_prefill": (["h", "hs", "sel", "selw", "dn_w", "dn_s", "sd_w", "sd_s", "dims"],
-                     ["ys", "ysh"], _DOWN_PREFILL, _PRE),
-    "combine": (["ys", "ysh", "dims"], ["y"], _COMBINE, _PRE),
-}
+_BUILT: dict = {}
 
 
-def _k(backend, name):
-    return _build.kernel(backend, name, *_SPECS[name])
-
-
-def _decode(x2, w: MoEWeights, k: int, backend: str, official: bool):
-    T = x2.size // x2.shape[-1]  # x2 (..., H): the kernels index it flat
-    H, I, S, E = w.dims
-    dims, fp, sh = _common(w, T, k)
-    st = w.gate_up.scales.dtype
-    tpl = [("T", x2.dtype), ("ST", st), ("OFFICIAL", official)]
-    hs_shape = (T, S) if S else (8,)
-    g1 = T * (_cdiv(k * (I // 8), _D["MM_PT"]) + (_cdiv(S, _D["MM_RPB"]) if S else 0))
-    h, hs, sel, selw = _build.launch(
-        _k(backend, "gate_up_decode"),
-        [x2, w.router, w.expert_bias, w.gate_up.weight, w.gate_up.scales, *sh[:4], dims, fp],
-        [((T * k, I), mx.float32), (hs_shape, mx.float32), ((T * k,), mx.int32),
-         ((T * k,), mx.float32)], g1, tpl)
-    g2 = T * _cdiv(H // 8, _D["MM_CT"])
-    (y,) = _build.launch(
-        _k(backend, "down_decode"),
-        [h, hs, sel, selw, w.down.weight, w.down.scales, *sh[4:], dims],
-        [(x2.shape, x2.dtype)], g2, tpl)
-    return y
+def _template(x2, w: MoEWeights, official: bool) -> dict:
+    return {"T": x2.dtype, "ST": w.gate_up.scales.dtype, "OFFICIAL": official}
 
 
 def route(x2, w: MoEWeights, k: int, backend: str):
     """The routing kernel alone (the prefill path's first launch): x2 (T, H) -> selected
     experts (T * k,) int32 and their combine weights (T * k,) float32."""
-    T = x2.size // x2.shape[-1]
-    dims, fp, _ = _common(w, T, k)
-    return _build.launch(
-        _k(backend, "route"), [x2, w.router, w.expert_bias, dims, fp],
-        [((T * k,), mx.int32), ((T * k,), mx.float32)], _cdiv(T, _D["MM_NW"]), [("T", x2.dtype)])
+    a, sizes = _arrays(w, x2, k)
+    _launch(backend, "route", a, sizes, _template(x2, w, False))
+    return a["sel"], a["selw"]
 
 
-def _prefill(x2, w: MoEWeights, k: int, backend: str, official: bool):
-    T = x2.size // x2.shape[-1]
-    H, I, S, E = w.dims
-    dims, fp, sh = _common(w, T, k)
-    st = w.gate_up.scales.dtype
-    BM, BH = _D["MM_BM"], _D["MM_BH"]
-    sel, selw = route(x2, w, k, backend)
-    g = E * _cdiv(I, BH) + (_cdiv(T, BM) * _cdiv(S, BH) if S else 0)
-    h, hs = _build.launch(
-        _k(backend, "gate_up_prefill"),
-        [x2, sel, w.gate_up.weight, w.gate_up.scales, *sh[:4], dims],
-        [((T * k, I), mx.float32), ((T, S) if S else (8,), mx.float32)], g,
-        [("T", x2.dtype), ("ST", st), ("OFFICIAL", official)])
-    g = (E + (_cdiv(T, BM) if S else 0)) * _cdiv(H, 2 * BH)
-    ys, ysh = _build.launch(
-        _k(backend, "down_prefill"),
-        [h, hs, sel, selw, w.down.weight, w.down.scales, *sh[4:], dims],
-        [((T * k, H), mx.float32), ((T, H) if S else (8,), mx.float32)], g,
-        [("ST", st), ("OFFICIAL", official)])
-    (y,) = _build.launch(_k(backend, "combine"), [ys, ysh, dims], [(x2.shape, x2.dtype)],
-                         _cdiv(T * H, _build.THREADS), [("T", x2.dtype)])
-    return y
+def _path(names, x2, w: MoEWeights, k: int, backend: str, official: bool):
+    a, sizes = _arrays(w, x2, k)
+    tpl = _template(x2, w, official)
+    for name in names:
+        _launch(backend, name, a, sizes, tpl)
+    return a["y"].reshape(x2.shape)
 
 
 @dataclass(frozen=True)
@@ -291,9 +213,9 @@ def plan(w: Union[MoEWeights, str, None], k: int, dtype, backend: Optional[str])
     if backend is None:
         return Plan(None, "plain MLX (" + ("MLX_MOBILEMOE_REFERENCE=1" if reference_forced()
                                           else "no Metal/CUDA device") + ")")
-    if not _D:
+    if not DEFINES:
         raise KernelError(
-            "fused MoE kernels: the kernel sources (metal/*.h) are missing from this install; "
+            "fused MoE kernels: the kernel sources (kernels/*.h) are missing from this install; "
             "reinstall mlx-mobilemoe, or set MLX_MOBILEMOE_REFERENCE=1 for the plain-MLX path")
     why = w if isinstance(w, str) else kernel_supported(w, k, dtype)
     return Plan(None, f"plain MLX ({why})") if why else Plan(backend, f"fused int4 kernels ({backend})")
@@ -319,7 +241,7 @@ def run(x, w: MoEWeights, k: int, backend: str, path: str = "auto", official: bo
     """The kernels, no checks (callers `plan` once). Same shape as x."""
     if path == "auto":
         path = "decode" if _decode_sized(x) else "prefill"
-    return (_decode if path == "decode" else _prefill)(x, w, k, backend, official)
+    return _path(table.DECODE if path == "decode" else table.PREFILL, x, w, k, backend, official)
 
 
 def differentiable(w: MoEWeights, k: int, backend: str, reference: Callable):

@@ -14,9 +14,30 @@ import json
 import sys
 
 
+def settings_help() -> str:
+    """Every setting with its default (the stage's own defaults are applied on top)."""
+    import dataclasses
+
+    from .config import LORA_DEFAULTS, MOE_DEFAULTS, QAT_DEFAULTS, TrainConfig
+
+    rows = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("moe", "lora", "qat"):
+            continue
+        d = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"  {f.name}={d}")
+    for name, d in (("moe", MOE_DEFAULTS), ("lora", LORA_DEFAULTS), ("qat", QAT_DEFAULTS)):
+        rows += [f"  {name}.{k}={v}" for k, v in d.items()]
+    return ("settings (key=value; defaults before a stage's own; docs/training.md explains "
+            "them):\n" + "\n".join(rows) + "\n\nrelative paths in a stage file are "
+            "relative to the file; in key=value overrides, to the working directory")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m mlx_mobilemoe.train",
-                                description="Train MobileMoE: one stage per run.")
+                                description="Train MobileMoE: one stage per run.",
+                                epilog=settings_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("items", nargs="*", metavar="STAGE.yaml | key=value",
                    help="a YAML stage file and/or key=value overrides")
     p.add_argument("--resume", action="store_true",
@@ -45,6 +66,8 @@ def main(argv=None) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from ..runtime import blas_hint
+    blas_hint()
 
     from . import run
     from ..checkpoint import CheckpointError

@@ -34,7 +34,7 @@ def tokenizer_sha(tok_dir: Path) -> str:
     return hashlib.sha256((Path(tok_dir) / "tokenizer.json").read_bytes()).hexdigest()[:16]
 
 
-def _hf_tokenizer(tok_dir: Path):
+def hf_tokenizer(tok_dir: Path):
     from tokenizers import Tokenizer
 
     return Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
@@ -52,7 +52,7 @@ def eos_id(tok_dir: Path) -> int:
     ids = special_token_ids(tok_dir)
     if EOS in ids:
         return ids[EOS]
-    cfg = _tokenizer_config(tok_dir)
+    cfg = tokenizer_config(tok_dir)
     eos = cfg.get("eos_token")
     eos = eos.get("content") if isinstance(eos, dict) else eos
     if eos in ids:
@@ -60,7 +60,7 @@ def eos_id(tok_dir: Path) -> int:
     raise DataError(f"{tok_dir}: cannot find the end-of-text token")
 
 
-def _tokenizer_config(tok_dir: Path) -> dict:
+def tokenizer_config(tok_dir: Path) -> dict:
     f = Path(tok_dir) / "tokenizer_config.json"
     return json.loads(f.read_text()) if f.exists() else {}
 
@@ -185,7 +185,7 @@ def _jsonl_rows(path: Path):
             raise DataError(f"{path}:{i + 1}: not UTF-8 text") from None
 
 
-def _read_jsonl(path: Path, field: Optional[str] = None) -> list:
+def read_jsonl(path: Path, field: Optional[str] = None) -> list:
     """Every row; with `field`, each row's string `field` (a DataError names the line)."""
     rows = []
     for i, row in _jsonl_rows(path):
@@ -222,7 +222,7 @@ def source_kind(path: Path) -> str:
 def check_sources(data) -> None:
     """Every configured source exists and is readable data (DataError otherwise); run
     before any tokenizing so a typo fails at once."""
-    srcs = list(data) if isinstance(data, dict) else _as_list(data)
+    srcs = list(data) if isinstance(data, dict) else as_list(data)
     for s in srcs:
         source_kind(Path(s))
 
@@ -232,7 +232,7 @@ def _text_files(folder: Path) -> list:
                   | {".jsonl"} and not p.name.startswith("."))
 
 
-def _documents(path: Path, val_fraction: float) -> tuple:
+def documents(path: Path, val_fraction: float) -> tuple:
     """(train docs, held-out docs) as lists of str."""
     if path.is_dir():
         files = _text_files(path)
@@ -240,12 +240,12 @@ def _documents(path: Path, val_fraction: float) -> tuple:
             source_kind(path)  # the DataError for an empty folder
         tr, va = [], []
         for f in files:
-            a, b = _documents(f, val_fraction)
+            a, b = documents(f, val_fraction)
             tr += a
             va += b
         return tr, va
     if path.suffix == ".jsonl":
-        rows = _read_jsonl(path, "text")
+        rows = read_jsonl(path, "text")
         n_val = max(1, int(round(len(rows) * val_fraction))) if len(rows) > 1 else 0
         return rows[: len(rows) - n_val], rows[len(rows) - n_val:]
     try:
@@ -268,10 +268,10 @@ def prepare_text(path, tok_dir, cache: Path, val_fraction: float = 0.05,
     out = Path(cache) / f"{name}-{key.hexdigest()[:12]}.tokens"
     if (out / "meta.json").exists():
         return TokenFile.open(out)
-    tok = _hf_tokenizer(tok_dir)
+    tok = hf_tokenizer(tok_dir)
     eos = eos_id(tok_dir)
     splits, train_lines = [], None
-    for docs in _documents(path, val_fraction):  # the training split, then the held-out one
+    for docs in documents(path, val_fraction):  # the training split, then the held-out one
         parts, starts, n = [], [], 0
         for d in docs:
             ids, st = encode_text(tok, d, line_starts=True)
@@ -289,7 +289,7 @@ def prepare_text(path, tok_dir, cache: Path, val_fraction: float = 0.05,
 def open_domains(data, tok_dir, cache: Path, val_fraction: float) -> tuple:
     """([TokenFile], [weight]) for the configured text sources."""
     items = list(data.items()) if isinstance(data, dict) else [(d, None) for d in
-                                                                 _as_list(data)]
+                                                                 as_list(data)]
     files, weights = [], []
     sha = tokenizer_sha(tok_dir)
     for src, w in items:
@@ -310,12 +310,12 @@ def open_domains(data, tok_dir, cache: Path, val_fraction: float) -> tuple:
     return files, [w / total for w in weights]
 
 
-def _as_list(data) -> list:
+def as_list(data) -> list:
     return [data] if isinstance(data, (str, Path)) else list(data)
 
 
 def is_chat_data(data) -> bool:
-    srcs = list(data) if isinstance(data, dict) else _as_list(data)
+    srcs = list(data) if isinstance(data, dict) else as_list(data)
     kinds = {source_kind(Path(s)) for s in srcs}
     if "chat" in kinds and len(kinds) > 1:
         raise DataError("do not mix chat ({'messages'}) and text sources in one stage")
@@ -404,7 +404,7 @@ def _compiled_template(template: str):
 
 
 def chat_template_of(tok_dir: Path) -> Optional[str]:
-    cfg = _tokenizer_config(tok_dir)
+    cfg = tokenizer_config(tok_dir)
     t = cfg.get("chat_template")
     if t is None and (Path(tok_dir) / "chat_template.jinja").exists():
         t = (Path(tok_dir) / "chat_template.jinja").read_text()
@@ -460,8 +460,8 @@ def load_chat(path, tok_dir, template: str, val_fraction: float) -> tuple:
     """(train conversations, held-out conversations) as (tokens, mask) pairs."""
     from ..tokenizer import BOS, EOS, PAD
 
-    tok = _hf_tokenizer(tok_dir)
-    cfg = _tokenizer_config(tok_dir)
+    tok = hf_tokenizer(tok_dir)
+    cfg = tokenizer_config(tok_dir)
     specials = {"bos_token": _tok_str(cfg.get("bos_token")) or BOS,
                 "eos_token": _tok_str(cfg.get("eos_token")) or EOS,
                 "pad_token": _tok_str(cfg.get("pad_token")) or PAD}

@@ -15,7 +15,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.tuner.lora import LoRALinear
 
-from ..model import Model
+from ..model import Model, module_slots
 from ..moe import ExpertLinear
 
 TARGETS = ("attention", "experts", "shared_expert")
@@ -61,35 +61,24 @@ def apply_lora(model: Model, rank: int = 8, alpha: float = 16.0, dropout: float 
                          "comes after fusing)")
     scale = alpha / rank
     model.freeze()
-    for layer in model.layers:
-        if "attention" in targets:
-            att = layer.self_attn
-            for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                setattr(att, n, LoRALinear.from_base(getattr(att, n), r=rank, dropout=dropout,
-                                                      scale=scale))
-        ff = layer.feed_forward
-        if "experts" in targets:
-            ff.experts.gate_up = LoRAExpertLinear(ff.experts.gate_up, rank, scale)
-            ff.experts.down = LoRAExpertLinear(ff.experts.down, rank, scale)
-        if "shared_expert" in targets and ff.shared_expert is not None:
-            se = ff.shared_expert
-            for n in ("gate_proj", "up_proj", "down_proj"):
-                setattr(se, n, LoRALinear.from_base(getattr(se, n), r=rank, dropout=dropout,
-                                                     scale=scale))
+    for _, parent, name, group in list(module_slots(model)):
+        if group not in targets:
+            continue
+        base = getattr(parent, name)
+        if group == "experts":
+            setattr(parent, name, LoRAExpertLinear(base, rank, scale))
+        else:
+            setattr(parent, name, LoRALinear.from_base(base, r=rank, dropout=dropout,
+                                                       scale=scale))
     return model
 
 
 def _lora_slots(model: Model):
     """(parent module, attribute, adapter) for every adapter in the model."""
-    for layer in model.layers:
-        att, ff = layer.self_attn, layer.feed_forward
-        for mod, names in ((att, ("q_proj", "k_proj", "v_proj", "o_proj")),
-                           (ff.experts, ("gate_up", "down")),
-                           (ff.shared_expert, ("gate_proj", "up_proj", "down_proj"))):
-            for n in names if mod is not None else ():
-                sub = getattr(mod, n)
-                if isinstance(sub, (LoRALinear, LoRAExpertLinear)):
-                    yield mod, n, sub
+    for _, parent, name, _ in module_slots(model):
+        sub = getattr(parent, name)
+        if isinstance(sub, (LoRALinear, LoRAExpertLinear)):
+            yield parent, name, sub
 
 
 def fuse_lora(model: Model) -> Model:

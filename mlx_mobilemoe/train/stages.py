@@ -94,7 +94,7 @@ def build_model(cfg: TrainConfig, world: World):
 def _tokenizer_fields(tok_dir: Path) -> dict:
     from ..tokenizer import BOS, EOS
 
-    tok = D._hf_tokenizer(tok_dir)
+    tok = D.hf_tokenizer(tok_dir)
     ids = D.special_token_ids(tok_dir)
     out = {"vocab_size": tok.get_vocab_size()}
     if BOS in ids:
@@ -117,7 +117,7 @@ def _tokenizer_for_preset(cfg: TrainConfig, world: World):
                          "split: llama3|lines}")
     vocab, sample_mb = int(t["vocab_size"]), float(t.get("sample_mb", 8))
     split = t.get("split", "llama3")
-    srcs = list(cfg.data) if isinstance(cfg.data, dict) else D._as_list(cfg.data)
+    srcs = list(cfg.data) if isinstance(cfg.data, dict) else D.as_list(cfg.data)
     key = hashlib.sha256(json.dumps([[str(Path(s).resolve()), Path(s).stat().st_size]
                                      for s in srcs] + [vocab, sample_mb, split]).encode())
     out = cfg.cache / f"tokenizer-{key.hexdigest()[:12]}"
@@ -138,7 +138,7 @@ def train_base_tokenizer(sources, vocab_size: int, out: Path, val_fraction: floa
             if D.source_kind(Path(s)) != "text":
                 raise StageError(f"{s}: train the tokenizer on text sources (not {s})")
             budget = int(sample_mb * 1e6)
-            for doc in D._documents(Path(s), val_fraction)[0]:
+            for doc in D.documents(Path(s), val_fraction)[0]:
                 for i in range(0, min(len(doc), budget), 1 << 16):
                     yield doc[i:min(i + (1 << 16), budget)]
                 budget -= len(doc)
@@ -217,7 +217,7 @@ def _chat_tokenizer(cfg, tok_dir: Path, world) -> tuple:
         for f in ("tokenizer.json", "special_tokens_map.json"):
             if (tok_dir / f).exists():
                 shutil.copy2(tok_dir / f, out / f)
-        tc = D._tokenizer_config(tok_dir)
+        tc = D.tokenizer_config(tok_dir)
         tc["chat_template"] = CHAT_TEMPLATE
         (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
     world.barrier()

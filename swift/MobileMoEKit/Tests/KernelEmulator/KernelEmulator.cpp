@@ -1,6 +1,6 @@
-// Runs the GPU kernels of MobileMoEKit on the CPU through metal/mm_cpu.h (one std::thread per
+// Runs the GPU kernels of MobileMoEKit on the CPU through kernels/mm_cpu.h (one std::thread per
 // GPU thread, one threadgroup at a time), with the same bodies the Metal backend compiles: the
-// copies of metal/ in Sources/MobileMoEKit/Kernels and mobilemoe_ops.h. Each case below is the
+// copies of kernels/ in Sources/MobileMoEKit/Kernels and mobilemoe_ops.h. Each case below is the
 // CPU twin of one Metal entry point (Model/GPU/KernelSources.swift, Kernels/moe_kernels.metal):
 // same buffers in the same order, same threadgroup memory, so the host code
 // (Model/GPU/GPUForwardPlan.swift) is tested as it runs.
@@ -101,7 +101,7 @@ extern "C" int mme_launch(const char *name, void *const *b, int32_t count, int32
   } else if (is("mobilemoe_add")) {
     run([&] { mo_add(BUF(0, float *), BUF(1, const float *), d, tid, gid); });
   }
-  // metal/moe_kernels.metal entry points (float32 activations), buffers in their order.
+  // kernels/moe_kernels.metal entry points (float32 activations), buffers in their order.
   else if (is("moe_gate_up_decode_f32")) {
     run([&] {
       MM_SHARED_DECL float xs[MM_MAX_H];

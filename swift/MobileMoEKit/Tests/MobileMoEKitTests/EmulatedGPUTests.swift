@@ -1,5 +1,5 @@
 // The GPU forward pass (GPUForwardPlan + the kernel bodies Metal compiles) run on the CPU
-// kernel emulator (metal/mm_cpu.h) against the Python fixtures: the same launches, buffers and
+// kernel emulator (kernels/mm_cpu.h) against the Python fixtures: the same launches, buffers and
 // bodies as on an Apple GPU; only the Metal API calls themselves are not exercised here.
 // Tolerance as ModelFixtureTests (2e-5 relative); greedy tokens identical.
 import Foundation

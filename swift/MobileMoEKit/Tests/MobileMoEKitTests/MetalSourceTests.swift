@@ -1,5 +1,5 @@
 // The Metal library source on machines without Metal: it parses and type-checks as C++
-// against a stub <metal_stdlib> (clang++), the copies of metal/ are current, every launch the
+// against a stub <metal_stdlib> (clang++), the copies of kernels/ are current, every launch the
 // plan makes has an entry point, and the grid constants match the headers' #defines.
 import Foundation
 import XCTest
@@ -40,12 +40,12 @@ final class MetalSourceTests: XCTestCase {
     }
 
     func testKernelCopiesMatchMetalDirectory() throws {
-        let metal = Self.repo.appendingPathComponent("metal")
-        guard FileManager.default.fileExists(atPath: metal.path) else { throw XCTSkip("no metal/ beside the package") }
+        let metal = Self.repo.appendingPathComponent("kernels")
+        guard FileManager.default.fileExists(atPath: metal.path) else { throw XCTSkip("no kernels/ beside the package") }
         for f in KernelSources.sharedFiles {
             let shipped = try KernelSources.text(f)
             let source = try String(contentsOf: metal.appendingPathComponent(f), encoding: .utf8)
-            XCTAssertEqual(shipped, source, "\(f) differs from metal/\(f): run swift/sync-kernels.sh")
+            XCTAssertEqual(shipped, source, "\(f) differs from kernels/\(f): run swift/sync-kernels.sh")
         }
     }
 

@@ -161,8 +161,14 @@ extension ModelConfig {
         guard eps < 1 else { throw ConfigError("rms_norm_eps must be below 1, got \(eps)") }
         rmsNormEps = Float(eps)
         guard rmsNormEps > 0 else { throw ConfigError("rms_norm_eps \(eps) underflows float32") }
-        ropeTheta = try positive("rope_theta", 500_000)
-        routedScalingFactor = Float(try positive("routed_scaling_factor", 1))
+        // Upper bounds as config.py's (rope_theta 1e15, routed_scaling_factor 1e6).
+        func atMost(_ k: String, _ def: Double, _ top: Double) throws -> Double {
+            let x = try positive(k, def)
+            guard x <= top else { throw ConfigError("\(k) must be at most \(top), got \(d[k]!)") }
+            return x
+        }
+        ropeTheta = try atMost("rope_theta", 500_000, 1e15)
+        routedScalingFactor = Float(try atMost("routed_scaling_factor", 1, 1e6))
         guard routedScalingFactor.isFinite else { throw ConfigError("routed_scaling_factor \(d["routed_scaling_factor"]!) overflows float32") }
         if let v = d["attention_dropout"], !(v.double.map { $0.isFinite && $0 >= 0 && $0 < 1 } ?? false) {
             throw ConfigError("attention_dropout must be a number in [0, 1), got \(v)")

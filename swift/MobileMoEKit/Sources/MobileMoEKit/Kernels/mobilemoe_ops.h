@@ -1,6 +1,6 @@
 // mobilemoe_ops.h — the non-MoE kernels of MobileMoEKit's GPU forward pass: INT4 embedding,
 // RMS norm, INT4 linear, RoPE + weightless qk-norm, causal GQA attention over the KV cache,
-// residual add. Same rules as the MoE bodies of metal/ (moe_common.h): written against the
+// residual add. Same rules as the MoE bodies of kernels/ (moe_common.h): written against the
 // mm_ portability layer only, threadgroups of MM_NT = 256 threads (8 SIMD groups of 32),
 // 1-D grids of whole threadgroups, bounds checked inside, float32 arithmetic. Weights are the
 // official packed bytes read as little-endian words (mm_word<true>), one fp16 scale per 32.

@@ -1,7 +1,7 @@
 // port of mlx_mobilemoe/model.py (Model.__call__ with a KV cache) as the launch sequence of the
 // GPU backends: per layer rmsnorm, q/k/v INT4 linears (k and v written straight into the
 // cache), RoPE + qk-norm, attention, o_proj added into the residual, rmsnorm, the fused MoE
-// (metal/moe_kernels.metal entry points: 2 decode launches for <= 8 tokens, 4 prefill launches
+// (kernels/moe_kernels.metal entry points: 2 decode launches for <= 8 tokens, 4 prefill launches
 // above), residual add; then the final norm of the last row and the tied-embedding logits.
 
 struct QuantRef {
@@ -132,7 +132,7 @@ struct GPUForwardPlan {
         return out
     }
 
-    /// The fused MoE FFN of xn into y through the entry points of metal/moe_kernels.metal
+    /// The fused MoE FFN of xn into y through the entry points of kernels/moe_kernels.metal
     /// (buffer orders and grids as documented there; float32 activations: the _f32 variants).
     private func moe(layer i: Int, refs l: GPULayerRefs, tokens T: Int, k: Int, into out: inout [KernelLaunch]) {
         let c = config, H = c.hiddenSize, I = c.intermediateSize, S = c.intermediateSizeMLP, E = c.numLocalExperts

@@ -56,7 +56,7 @@ struct KernelLaunch: Equatable {
 }
 
 /// Launch geometry of the kernel bodies, read from the #defines of the shipped headers at run
-/// time (as mlx_mobilemoe/kernels/moe_ffn.py does), so grids always match the bodies.
+/// time (as mlx_mobilemoe/kernels/moe.py does), so grids always match the bodies.
 struct KernelGeometry {
     let threads: Int             // MM_NT
     let simdGroups: Int          // MM_NW
@@ -70,7 +70,7 @@ struct KernelGeometry {
     let tileHalf: Int            // MM_BH
     let linearTokens: Int        // MO_TOK
     let maxHeadDim: Int          // MO_MAX_D
-    /// Tokens up to which the MoE takes the decode kernels (as moe_ffn.py's DECODE_MAX_TOKENS).
+    /// Tokens up to which the MoE takes the decode kernels (as mlx_mobilemoe/kernels/moe.py's DECODE_MAX_TOKENS).
     static let decodeMaxTokens = 8
 
     init(defines d: [String: Int]) throws {

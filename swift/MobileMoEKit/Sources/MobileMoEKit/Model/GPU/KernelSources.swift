@@ -1,5 +1,5 @@
 // The Metal library source, assembled at run time from the package resources: the Metal shim,
-// MoE bodies and MoE entry points copied from metal/ (swift/sync-kernels.sh; issue 5),
+// MoE bodies and MoE entry points copied from kernels/ (swift/sync-kernels.sh; issue 5),
 // mobilemoe_ops.h and its entry points below, with local #include lines dropped (everything
 // is one translation unit). Compiled with makeLibrary(source:options:): SwiftPM does not
 // build .metal files.
@@ -8,7 +8,7 @@ import Foundation
 enum KernelSources {
     /// In include order.
     static let files = ["mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h", "moe_kernels.metal", "mobilemoe_ops.h"]
-    /// The files that are copies of metal/.
+    /// The files that are copies of kernels/.
     static let sharedFiles = ["mm_metal.h", "moe_common.h", "moe_decode.h", "moe_prefill.h", "moe_kernels.metal"]
 
     static func directory() throws -> URL {
@@ -33,7 +33,7 @@ enum KernelSources {
 
     /// `kernel void` wrappers of mobilemoe_ops.h: buffers in KernelLaunch.bindings order, then
     /// dims, then fp; threadgroup memory declared here and handed to the bodies (as the emulator
-    /// does). The MoE entry points come from metal/moe_kernels.metal.
+    /// does). The MoE entry points come from kernels/moe_kernels.metal.
     static let entryPoints = """
     // ---- MobileMoEKit entry points (Model/GPU/KernelSources.swift) ----
     #define MO_IDS uint tid [[thread_index_in_threadgroup]], uint gid [[threadgroup_position_in_grid]], \\
