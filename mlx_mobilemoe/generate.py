@@ -61,39 +61,23 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
-def temperature(text: str) -> float:
-    v = _finite(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text}: the temperature must be >= 0 (0 = greedy)")
-    return v
+def _ranged(parse, ok, rule: str):
+    """An argparse type: `parse` the text, then require `ok(value)`, else say `rule`."""
+    def check(text: str):
+        v = parse(text)
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text}: {rule}")
+        return v
+    return check
 
 
-def top_p(text: str) -> float:
-    v = _finite(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"{text}: top-p must be in (0, 1] (1 = off)")
-    return v
-
-
-def non_negative_int(text: str) -> int:
-    v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
-    return v
-
-
-def positive_int(text: str) -> int:
-    v = _int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be >= 1")
-    return v
-
-
-def seed(text: str) -> int:
-    v = _int(text)
-    if not 0 <= v < 2 ** 64:
-        raise argparse.ArgumentTypeError(f"{text}: the seed must be in 0..2**64-1")
-    return v
+temperature = _ranged(_finite, lambda v: v >= 0, "the temperature must be >= 0 (0 = greedy)")
+top_p = _ranged(_finite, lambda v: 0 < v <= 1, "top-p must be in (0, 1] (1 = off)")
+min_p = _ranged(_finite, lambda v: 0 <= v < 1, "min-p must be in [0, 1) (0 = off)")
+penalty = _ranged(_finite, lambda v: v > 0, "the penalty must be > 0 (1 = off)")
+non_negative_int = _ranged(_int, lambda v: v >= 0, "must be >= 0")
+positive_int = _ranged(_int, lambda v: v >= 1, "must be >= 1")
+seed = _ranged(_int, lambda v: 0 <= v < 2 ** 64, "the seed must be in 0..2**64-1")
 
 
 def valid_text(text: str) -> str:
@@ -125,20 +109,6 @@ def prompt_text(text: str) -> str:
     if text == "-":
         text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
     return valid_text(text)
-
-
-def min_p(text: str) -> float:
-    v = _finite(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"{text}: min-p must be in [0, 1) (0 = off)")
-    return v
-
-
-def penalty(text: str) -> float:
-    v = _finite(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: the penalty must be > 0 (1 = off)")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
