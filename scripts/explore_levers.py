@@ -20,12 +20,10 @@ import os
 import statistics
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -243,32 +241,15 @@ def part_prefill(models, dtype):
 def part_train(dtype, steps):
     from mlx_mobilemoe.moe import MoEOptions
 
-    def ce(logits, y):
-        return nn.losses.cross_entropy(logits.astype(mx.float32), y).mean()
+    ce = bench_moe._ce
 
     B, T = 4, 1024
-    x = mx.random.randint(0, 128000, (B, T))
     y = mx.random.randint(0, 128000, (B, T))
     res = {}
 
-    def bench_model(name, model, loss_fn):
-        opt = optim.AdamW(1e-4)
-        state = [model.state, opt.state]
-
-        @partial(mx.compile, inputs=state, outputs=state)
-        def step(x, y):
-            loss, g = nn.value_and_grad(model, loss_fn)(model, x, y)
-            opt.update(model, g)
-            return loss
-        for _ in range(3):
-            mx.eval(step(x, y), state)
-        ts = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            mx.eval(step(x, y), state)
-            ts.append(time.perf_counter() - t0)
-        t = statistics.median(ts)
-        res[name] = dict(step_ms=t * 1e3, tok_s=B * T / t)
+    def bench_model(name, model, loss_fn):  # bench_moe's compiled AdamW step, timed alike
+        tps, _ = bench_moe._train_tps(model, loss_fn, B, T, 128000, steps)
+        res[name] = dict(step_ms=B * T / tps * 1e3, tok_s=tps)
         log(part="train", name=name, **res[name])
 
     d = llama.Model(llama.ModelArgs(**DENSE_1B))
