@@ -377,9 +377,9 @@ def command(session, line: str) -> bool:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError, check_dtype, default_dtype, load
-    from .runtime import blas_hint
-
-    blas_hint()
+    if argv is None:  # the shell's command line: may restart with a faster BLAS
+        from .runtime import fast_blas
+        fast_blas()
     dtype = DTYPES[args.dtype] if args.dtype else None
     try:
         # --quantize: load in float32 (any device runs it), quantize, then pick the dtype.

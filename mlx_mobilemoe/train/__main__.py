@@ -66,8 +66,9 @@ def main(argv=None) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    from ..runtime import blas_hint
-    blas_hint()
+    if argv is None:  # the shell's command line: may restart with a faster BLAS
+        from ..runtime import fast_blas
+        fast_blas()
 
     from . import run
     from ..checkpoint import CheckpointError
