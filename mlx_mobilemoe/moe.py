@@ -4,7 +4,9 @@
 
 Dispatch (`MoEOptions.dispatch`):
 - "auto" (inference default): the fused INT4 kernels when `MoE.plan` says they apply (a
-  Metal/CUDA GPU, symmetric int4 experts), else "dropless";
+  Metal/CUDA GPU, symmetric int4 experts) and the call has at most
+  kernels.moe.PLAIN_ABOVE_ROWS_PER_EXPERT routed rows per expert (T * k / E; above it MLX's
+  own gather_qmm measured faster), else "dropless";
 - "dropless": every token reaches its k experts through MLX's gather matmuls (the
   reference the kernels are tested against, and the gradient of the fused path);
 - "fused": the kernels, or a KernelError saying why they cannot run;
@@ -287,16 +289,46 @@ class MoE(nn.Module):
                             *[None] * (5 - len(qs)), self.routed_scaling_factor,
                             self.norm_topk_prob)
 
+    def _weights_key(self) -> tuple:
+        """What the kernels' view is made of: the identity of each array (the memo keeps
+        them alive, so ids are not reused while it holds), each linear's type and
+        quantization settings, and the routing scalars. Called per forward, so it reads the
+        modules' dicts directly (nn.Module attribute lookup costs ~1 µs each)."""
+        get = dict.get
+        e, sh = get(self, "experts"), get(self, "shared_expert")
+        lins = [get(e, "gate_up"), get(e, "down")]
+        if sh is not None:
+            lins += [get(sh, "gate_proj"), get(sh, "up_proj"), get(sh, "down_proj")]
+        key = [id(get(get(self, "router"), "weight")), id(get(self, "expert_bias")),
+               self.routed_scaling_factor, self.norm_topk_prob]
+        for lin in lins:
+            key += [type(lin), id(get(lin, "weight")), id(get(lin, "scales")),
+                    id(get(lin, "biases")), getattr(lin, "bits", None),
+                    getattr(lin, "group_size", None), getattr(lin, "mode", None)]
+        return tuple(key)
+
     def _kernels(self) -> _KernelMemo:
-        w = self.kernel_weights()
-        key = w if isinstance(w, str) else tuple(map(id, w.arrays())) + (
-            w.routed_scaling_factor, w.norm_topk_prob)
+        key = self._weights_key()
         if self._memo is None or self._memo.key != key:
-            self._memo = _KernelMemo(key, w)
+            self._memo = _KernelMemo(key, self.kernel_weights())
         return self._memo
 
-    def plan(self, dtype) -> K.Plan:
-        """Which path an "auto" forward of activations in `dtype` takes, and why."""
+    def _plain_is_faster(self, tokens: int) -> bool:
+        """Enough routed rows per expert that MLX's gather_qmm beats the fused kernels."""
+        E = dict.get(self, "experts").num_experts
+        return K.rows_per_expert(tokens, self.num_experts_per_tok, E) > \
+            K.PLAIN_ABOVE_ROWS_PER_EXPERT
+
+    def plan(self, dtype, tokens: Optional[int] = None) -> K.Plan:
+        """Which path an "auto" forward of activations in `dtype` (over `tokens` tokens, if
+        given) takes, and why."""
+        if tokens is not None:
+            p = self.plan(dtype)
+            if p.fused and self._plain_is_faster(tokens):
+                return K.Plan(None, f"plain MLX (more than {K.PLAIN_ABOVE_ROWS_PER_EXPERT} "
+                                    "routed rows per expert: MLX's gather_qmm is faster there, "
+                                    "measured)")
+            return p
         if self.top_p is not None or self.token_k is not None:
             return K.Plan(None, "plain MLX (per-token expert masks: the kernels take one k "
                                 "per call)")
@@ -345,6 +377,9 @@ class MoE(nn.Module):
             raise ValueError("router statistics come from the unfused dispatches")
         plan = self.plan(x.dtype) if opts.dispatch in ("auto", "fused") and not opts.stats \
             else None
+        if plan is not None and plan.fused and opts.dispatch == "auto" and \
+                self._plain_is_faster(x.size // x.shape[-1]):
+            plan = None
         if plan is not None and (plan.fused or opts.dispatch == "fused"):
             out, stats = self._fused(x, plan), None
         else:

@@ -92,7 +92,7 @@ class MlxLmMoE(nn.Module):
 
 
 def _ours_layers(size, n, dtype):
-    args = preset(size, num_hidden_layers=n, vocab_size=256)
+    args = preset(size, num_hidden_layers=n, vocab_size=256, bos_token_id=0, eos_token_id=1)
     model = quantize_model(Model(args))
     model.set_dtype(dtype)
     mx.eval(model.parameters())
@@ -281,21 +281,30 @@ def _generate(model, prompt_len, decode_tokens, vocab):
 
 
 def _contenders(sizes, dtype, folder, overrides, dense_cfg):
-    """(name, model, env) in table order: the dense 1B, mlx-lm's MoE path (S-shaped), ours
-    (each size: the default path; the first also with the opt-in compiled decode step and
-    with the plain-MLX reference)."""
+    """(name, model, env, vocab) in table order: the dense 1B, mlx-lm's MoE path (S-shaped),
+    ours (each size: the default path; the first also with the opt-in compiled decode step
+    and with the plain-MLX reference), then the bundled default model made int4 (as
+    `generate --quantize` does) on the default path and on the plain-MLX reference (the
+    dispatcher's "never slower" check)."""
     from mlx_lm.models import glm4_moe
     from mlx_mobilemoe import load
-    out = [("dense 1B (mlx-lm llama)", _mlxlm_int4(llama.Model(llama.ModelArgs(**dense_cfg)), dtype), {})]
+    V = dense_cfg["vocab_size"]
+    out = [("dense 1B (mlx-lm llama)", _mlxlm_int4(llama.Model(llama.ModelArgs(**dense_cfg)), dtype), {}, V)]
     moe_sizes = [s for s in sizes if s != "tiny"] or sizes
     glm = glm4_moe.Model(glm4_moe_args(moe_sizes[0], overrides))
-    out.append((f"mlx-lm MoE path, {moe_sizes[0]}-shaped (glm4_moe)", _mlxlm_int4(glm, dtype), {}))
+    out.append((f"mlx-lm MoE path, {moe_sizes[0]}-shaped (glm4_moe)", _mlxlm_int4(glm, dtype), {}, V))
     for size in moe_sizes:
         model, _ = load(_write_checkpoint(size, folder, overrides), dtype=dtype)
-        out.append((f"ours {size}", model, {}))
+        out.append((f"ours {size}", model, {}, V))
         if size == moe_sizes[0]:
-            out.append((f"ours {size}, compiled decode step", model, {"MLX_MOBILEMOE_STEP": "1"}))
-            out.append((f"ours {size}, plain MLX", model, {"MLX_MOBILEMOE_REFERENCE": "1"}))
+            out.append((f"ours {size}, compiled decode step", model, {"MLX_MOBILEMOE_STEP": "1"}, V))
+            out.append((f"ours {size}, plain MLX", model, {"MLX_MOBILEMOE_REFERENCE": "1"}, V))
+    bundled = quantize_model(load(None, dtype=mx.float32)[0])
+    bundled.set_dtype(dtype)
+    mx.eval(bundled.parameters())
+    Vb = bundled.args.vocab_size
+    out.append(("bundled default model, int4 (default path)", bundled, {}, Vb))
+    out.append(("bundled default model, int4, plain MLX", bundled, {"MLX_MOBILEMOE_REFERENCE": "1"}, Vb))
     return out
 
 
@@ -308,10 +317,9 @@ def bench_models(sizes, dtype, prompts, decode_tokens, rounds, overrides=None,
     dense_cfg = dense_cfg or DENSE_1B
     with tempfile.TemporaryDirectory() as tmp:
         cont = _contenders(sizes, dtype, Path(folder or tmp), overrides, dense_cfg)
-        vocab = dense_cfg["vocab_size"]
-        runs = {name: {f"prefill_{p}": [] for p in prompts} | {"decode": []} for name, _, _ in cont}
+        runs = {name: {f"prefill_{p}": [] for p in prompts} | {"decode": []} for name, *_ in cont}
         for r in range(rounds + 1):  # round 0 warms up with the timed shapes
-            for name, model, env in cont:
+            for name, model, env, vocab in cont:
                 with _envs(env):
                     for i, p in enumerate(prompts):
                         pt, dt = _generate(model, p, decode_tokens if i == 0 else 2, vocab)
@@ -324,7 +332,7 @@ def bench_models(sizes, dtype, prompts, decode_tokens, rounds, overrides=None,
                       file=sys.stderr, flush=True)
     rows = []
     base = None
-    for name, _, env in cont:
+    for name, _, env, _ in cont:
         row = dict(model=name, env=env)
         for k, v in runs[name].items():
             row[k] = statistics.median(v)

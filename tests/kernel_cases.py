@@ -151,6 +151,20 @@ def oracle_route(x, w: MoEWeights, k):
                           w.routed_scaling_factor, w.norm_topk_prob)
 
 
+def near_ties(x, w: MoEWeights, k, eps=1e-6) -> np.ndarray:
+    """(T,) bool: tokens whose k-th and (k+1)-th biased router scores (float64) lie within
+    eps. There the float32 summation order alone decides the k-th expert (the kernels and
+    MLX's matmul add in different orders), so a kernel and the reference may both be right
+    and differ; parity compares the other tokens and says how many were set aside."""
+    E = w.router.shape[0]
+    if k >= E:
+        return np.zeros(x.shape[0], dtype=bool)
+    xd = np.array(x.astype(mx.float32)).astype(np.float64)
+    s = 1 / (1 + np.exp(-(xd @ np.array(w.router).astype(np.float64).T)))
+    s = np.sort(s + np.array(w.expert_bias).astype(np.float64), axis=-1)[:, ::-1]
+    return (s[:, k - 1] - s[:, k]) < eps
+
+
 def oracle_moe(x, w: MoEWeights, k):
     """float64 MoE FFN of x (T, H)."""
     xd = np.array(x.astype(mx.float32)).astype(np.float64)

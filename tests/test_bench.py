@@ -44,7 +44,9 @@ def test_bench_model_and_train_tables_run_on_cpu(tmp_path, capsys):
     res = json.loads(out.read_text())
     names = [r["model"] for r in res["model"]]
     assert names[0].startswith("dense 1B") and "glm4_moe" in names[1]
-    assert names[2:] == ["ours tiny", "ours tiny, compiled decode step", "ours tiny, plain MLX"]
+    assert names[2:] == ["ours tiny", "ours tiny, compiled decode step", "ours tiny, plain MLX",
+                         "bundled default model, int4 (default path)",
+                         "bundled default model, int4, plain MLX"]
     for r in res["model"]:
         assert r["prefill_12"] > 0 and r["prefill_20"] > 0 and r["decode"] > 0
     assert res["model"][0]["decode_vs_dense"] == 1

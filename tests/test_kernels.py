@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import zlib
 
 import mlx.core as mx
 import numpy as np
@@ -39,7 +40,7 @@ def _weights(width, shared):
 
 def _inputs(case: kc.Case):
     H = kc.WIDTHS[case.width][0]
-    rng = np.random.default_rng(hash(case.id) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))  # same inputs every run
     x = mx.array(rng.standard_normal((case.T, H)).astype(np.float32))
     return x.astype(getattr(mx, case.dtype)), _weights(case.width, case.shared)
 
@@ -132,6 +133,30 @@ def test_model_moe_uses_kernels_and_keeps_reference_gradient(emu, monkeypatch):
     out = moe(x)
     assert kc.rel_err(out, ref) < 2e-5
     assert kc.rel_err(mx.grad(lambda v: moe(v).sum())(x), g_ref) < 1e-6
+
+
+@needs_emu
+def test_auto_dispatch_takes_plain_mlx_above_the_measured_rows_per_expert(emu, monkeypatch):
+    """Many routed rows per expert (T * k / E above PLAIN_ABOVE_ROWS_PER_EXPERT): "auto" takes
+    MLX's gather_qmm path (measured faster there) and says so; "fused" still forces the
+    kernels; few rows take the kernels."""
+    from mlx_mobilemoe import Model, preset
+    from mlx_mobilemoe.model import quantize_model
+    mx.random.seed(6)
+    moe = quantize_model(Model(preset("tiny"))).layers[0].feed_forward  # E = 8, k = 2
+    monkeypatch.setattr(moe_mod, "gpu_backend", lambda: emu)
+    bound = moe_mod.PLAIN_ABOVE_ROWS_PER_EXPERT * 8 // 2  # tokens at the bound
+    assert moe.plan(mx.float32, bound).fused
+    many = moe.plan(mx.float32, bound + 1)
+    assert not many.fused and "rows per expert" in many.why
+    assert moe.plan(mx.float32).fused  # without a token count: the kernels' own verdict
+    x = mx.random.normal((1, bound + 1, 64))
+    calls = []
+    monkeypatch.setattr(moe_mod, "run", lambda v, *a, **k: calls.append(1) or v)
+    assert mx.array_equal(moe(x), moe(x, MoEOptions("dropless"))).item()
+    assert not calls  # the kernels were not asked
+    moe(x[:, :3])
+    assert calls  # few tokens: the kernels
 
 
 @needs_emu
@@ -287,9 +312,12 @@ def test_gpu_kernels_match_reference(case):
     ref = kc.reference(x, w, case.k)
     out = moe_ffn(x, w, case.k, path=case.path)
     mx.eval(ref, out)
-    err, tol = kc.rel_err(out, ref), _tol(case)
-    print(f"\nPARITY {GPU} {case.id} rel_err={err:.3e} tol={tol:.0e} {'ok' if err < tol else 'FAIL'}")
-    assert err < tol
+    keep = ~kc.near_ties(x, w, case.k)
+    err, tol = kc.rel_err(np.array(out.astype(mx.float32))[keep],
+                          np.array(ref.astype(mx.float32))[keep]), _tol(case)
+    print(f"\nPARITY {GPU} {case.id} rel_err={err:.3e} tol={tol:.0e} near_ties={(~keep).sum()} "
+          f"{'ok' if err < tol else 'FAIL'}")
+    assert err < tol and keep.sum() >= 0.99 * case.T
 
 
 @needs_gpu
@@ -347,7 +375,8 @@ def test_gpu_compiled_decode_matches_eager(dtype, monkeypatch):
     from mlx_mobilemoe import Model, preset
     from mlx_mobilemoe.model import quantize_model
     mx.random.seed(5)
-    model = quantize_model(Model(preset("S", num_hidden_layers=1, vocab_size=256)))
+    model = quantize_model(Model(preset("S", num_hidden_layers=1, vocab_size=256,
+                                              bos_token_id=0, eos_token_id=1)))
     model.set_dtype(getattr(mx, dtype))
     moe = model.layers[0].feed_forward
     assert _build.compiled_decode(GPU)
@@ -369,15 +398,21 @@ def test_gpu_compiled_decode_matches_eager(dtype, monkeypatch):
 
 
 @needs_gpu
-def test_gpu_model_greedy_tokens_match_reference(monkeypatch):
+@pytest.mark.parametrize("size", ["default", "S", "M", "L"])
+def test_gpu_model_greedy_tokens_match_reference(size, monkeypatch):
     """The model's MoE layers take the fused path on a GPU and generate the same greedy tokens
-    as the reference path (random S-width weights, 2 layers; no bundled model yet)."""
+    as the plain-MLX reference path, in float32: the bundled default model (int4 by
+    quantize_model) and random S/M/L-width checkpoints (2 layers)."""
     from mlx_lm.generate import generate_step
-    from mlx_mobilemoe import Model, preset
+    from mlx_mobilemoe import Model, load, preset
     from mlx_mobilemoe.model import quantize_model
     mx.random.seed(11)
-    model = quantize_model(Model(preset("S", num_hidden_layers=2)))
-    prompt = mx.random.randint(0, 128000, (24,))
+    if size == "default":
+        model = quantize_model(load(None, dtype=mx.float32)[0])
+    else:
+        model = quantize_model(Model(preset(size, num_hidden_layers=2)))
+    model.set_dtype(mx.float32)  # activations; the int4 words and their scales stay as built
+    prompt = mx.random.randint(0, model.args.vocab_size, (24,))
 
     def greedy():
         return [int(t) for t, _ in generate_step(prompt, model, max_tokens=24)]
@@ -386,5 +421,5 @@ def test_gpu_model_greedy_tokens_match_reference(monkeypatch):
     assert model.layers[0].feed_forward.plan(mx.float32).fused
     monkeypatch.setenv("MLX_MOBILEMOE_REFERENCE", "1")
     ref = greedy()
-    print(f"\nPARITY {GPU} model-greedy-24 tokens_equal={fused == ref}")
+    print(f"\nPARITY {GPU} model-greedy-24-{size} tokens_equal={fused == ref}")
     assert fused == ref

@@ -221,6 +221,18 @@ def plan(w: Union[MoEWeights, str, None], k: int, dtype, backend: Optional[str])
     return Plan(None, f"plain MLX ({why})") if why else Plan(backend, f"fused int4 kernels ({backend})")
 
 
+# Above this many routed rows per expert (T * k / E) "auto" dispatch takes the plain-MLX path:
+# there MLX's own gather_qmm over expert-sorted tokens is faster than the prefill kernels.
+# Measured on an H200 (docs/bench-nvidia-h200.md, 2026-12-01): fused faster at 64 (bundled
+# model, 512 tokens: 51.3k vs 42.8k tok/s) and 137 rows (S, 2048 tokens: 21.7k vs 19.7k), slower
+# at 256 (bundled model, 2048 tokens: 149k vs 160k); the bound sits between the last two.
+PLAIN_ABOVE_ROWS_PER_EXPERT = 192
+
+
+def rows_per_expert(tokens: int, k: int, num_experts: int) -> float:
+    return tokens * k / num_experts
+
+
 def moe_ffn(x: mx.array, w: MoEWeights, k: int, *, path: str = "auto",
             backend: Optional[str] = None, official: bool = False) -> mx.array:
     """The fused MoE FFN of x (..., H) on `backend` (None: the GPU's). path: 'auto' |
