@@ -60,11 +60,13 @@ def test_kv8_on_default_model_keeps_20_greedy_tokens():
     from mlx_mobilemoe.generate import kv_cache_options
 
     model, tok = load()
-    for prompt in ("ROMEO:", "def main(argv):", "In the beginning"):
+    for prompt in ("Define: harbor", "Hello, who are you?", "Continue this verse: In the beginning"):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=True)
         runs = []
         for bits in (None, 8):
             kv = kv_cache_options(types.SimpleNamespace(kv_bits=bits), model.args.head_dim)
             runs.append([r.token for r in stream_generate(
-                model, tok, tok.encode(prompt), max_tokens=20, sampler=make_sampler(temp=0.0),
+                model, tok, ids, max_tokens=20, sampler=make_sampler(temp=0.0),
                 **kv)])
         assert runs[0] == runs[1], prompt
