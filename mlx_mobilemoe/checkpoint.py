@@ -21,7 +21,7 @@ import mlx.core as mx
 
 from . import quant
 from .config import ConfigError, ModelArgs
-from .fsutil import atomic_folder
+from .fsutil import atomic_folder, recover, staging_names
 from .model import Model
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -388,6 +388,18 @@ def _names(names):
 
 # --- public API -------------------------------------------------------------------------
 
+def _finish_interrupted_save(p: Path) -> None:
+    """A save into `p` killed between its two renames leaves `p` absent beside the complete
+    new folder: finish it as the next save would (fsutil.recover), so a reader loads the
+    newest complete checkpoint. Nothing of the writer's beside `p`: nothing to do; a place
+    this process may not write: left as it is (loading then sees what is there)."""
+    try:
+        if staging_names(p):
+            recover(p)
+    except OSError:
+        pass
+
+
 def resolve(path_or_hf_id: Union[str, Path, None], revision: Optional[str] = None) -> Path:
     """A local folder, a Hugging Face cache folder (models--owner--name: its refs/main or
     `revision` snapshot), or a Hugging Face id fetched through huggingface-hub (which reads
@@ -405,6 +417,7 @@ def resolve(path_or_hf_id: Union[str, Path, None], revision: Optional[str] = Non
                 "with a MobileMoE folder or Hugging Face id")
         return DEFAULT_MODEL
     p = Path(path_or_hf_id).expanduser()
+    _finish_interrupted_save(p)
     if p.exists():
         if not p.is_dir():
             raise CheckpointError(f"{p} is not a folder")

@@ -123,6 +123,22 @@ def test_kill_at_every_step_of_a_save_and_of_its_recovery(tmp_path):
     assert seen == {"1", "2"} and between_renames  # both outcomes and the no-`out` state
 
 
+def test_a_reader_finishes_a_save_killed_between_its_renames(tmp_path):
+    """`generate --model OUT` (checkpoint.resolve) after a kill that left OUT absent: the
+    swap is finished and the new folder is read, as the next save or --resume would."""
+    from mlx_mobilemoe import checkpoint
+    probe = _old_target(tmp_path / "probe")
+    total, _ = _run_killed(lambda: _save(probe), 10 ** 9)
+    for k in range(1, total + 1):
+        out = _old_target(tmp_path / f"k{k}")
+        _run_killed(lambda: _save(out), k)
+        if not out.exists():
+            assert checkpoint.resolve(str(out)) == out
+            assert _check(out, {"1", "2"}) == "2" and not staging_names(out)
+            return
+    raise AssertionError("no kill point left the folder absent")
+
+
 def test_stale_partials_are_removed_live_ones_kept(tmp_path):
     out = tmp_path / "out"
     _run_killed(lambda: _save(out), 10 ** 9)

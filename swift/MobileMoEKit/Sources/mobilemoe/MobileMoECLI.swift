@@ -41,6 +41,7 @@ struct MobileMoECLI {
                 fflush(nil)  // all streams (stdout is a C global: not Swift 6 concurrency-safe)
             case let .info(i):
                 print("")
+                fflush(nil)  // the reply's end before the rates on stderr, also through a pipe
                 log(String(format: "prompt: %d tokens (%d cached), %.1f tokens/s | generation: %d tokens, %.1f tokens/s | experts/token %d | %@ | stop: %@",
                            i.promptTokenCount, i.cachedPromptTokenCount, i.promptTokensPerSecond, i.generationTokenCount,
                            i.tokensPerSecond, i.expertsPerToken, i.backend, i.stopReason.rawValue))
