@@ -195,6 +195,8 @@ class ModelArgs:
                 bad(f"{name} must be a finite positive number, got {v!r}")
             if v > top:  # (a huge JSON integer would also overflow MLX's scalar casts)
                 bad(f"{name} must be at most {top:g}, got {v!r}")
+        if _is_number(self.rms_norm_eps) and self.rms_norm_eps >= 1:
+            bad(f"rms_norm_eps must be below 1, got {self.rms_norm_eps!r}")
         v = self.attention_dropout
         if not _is_number(v) or not 0 <= v < 1:
             bad(f"attention_dropout must be a number in [0, 1), got {v!r}")
