@@ -188,15 +188,14 @@ class ModelArgs:
             low = 0 if name == "intermediate_size_mlp" else 1
             if not _is_int(v) or not low <= v <= limit:
                 bad(f"{name} must be an integer in {low}..{limit}, got {v!r}")
-        for name, top in (("rms_norm_eps", 1.0), ("rope_theta", 1e15),
-                          ("routed_scaling_factor", 1e6)):
+        for name, top, below in (("rms_norm_eps", 1.0, True), ("rope_theta", 1e15, False),
+                                 ("routed_scaling_factor", 1e6, False)):
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v) or v <= 0:
                 bad(f"{name} must be a finite positive number, got {v!r}")
-            if v > top:  # (a huge JSON integer would also overflow MLX's scalar casts)
-                bad(f"{name} must be at most {top:g}, got {v!r}")
-        if _is_number(self.rms_norm_eps) and self.rms_norm_eps >= 1:
-            bad(f"rms_norm_eps must be below 1, got {self.rms_norm_eps!r}")
+            if v > top or (below and v == top):  # (a huge JSON integer would also overflow
+                bad(f"{name} must be {'below' if below else 'at most'} {top:g}, "  # MLX's casts)
+                    f"got {v!r}")
         v = self.attention_dropout
         if not _is_number(v) or not 0 <= v < 1:
             bad(f"attention_dropout must be a number in [0, 1), got {v!r}")

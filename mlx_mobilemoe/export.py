@@ -92,9 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the checkpoint files of an existing OUT (other files kept)")
     a = p.parse_args(argv)
-    if argv is None:  # the shell's command line: may restart with a faster BLAS
-        from .runtime import fast_blas
-        fast_blas()
+    from .runtime import fast_blas
+    fast_blas(argv)  # from the shell: may restart with a faster BLAS
     try:
         folder = checkpoint.resolve(a.src)
         path = export_folder(folder, a.out, a.method, a.overwrite)

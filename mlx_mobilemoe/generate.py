@@ -377,9 +377,8 @@ def command(session, line: str) -> bool:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError, check_dtype, default_dtype, load
-    if argv is None:  # the shell's command line: may restart with a faster BLAS
-        from .runtime import fast_blas
-        fast_blas()
+    from .runtime import fast_blas
+    fast_blas(argv)  # from the shell: may restart with a faster BLAS
     dtype = DTYPES[args.dtype] if args.dtype else None
     try:
         # --quantize: load in float32 (any device runs it), quantize, then pick the dtype.

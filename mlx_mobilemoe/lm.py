@@ -75,14 +75,13 @@ def register() -> None:
 
 def main(argv=None) -> None:
     """`python -m mlx_mobilemoe.lm <mlx-lm command> [options]`: mlx-lm's CLI, MobileMoE-aware."""
-    shell, argv = argv is None, list(sys.argv[1:] if argv is None else argv)
+    given, argv = argv, list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print("\nmlx-lm's commands and their options: python -m mlx_mobilemoe.lm <command> --help")
         return
-    if shell:  # may restart with a faster BLAS
-        from .runtime import fast_blas
-        fast_blas()
+    from .runtime import fast_blas
+    fast_blas(given)  # from the shell: may restart with a faster BLAS
     register()
     from mlx_lm import cli
 

@@ -263,10 +263,7 @@ class MoE(nn.Module):
         H, I, S, E = w.dims
         moe = cls(H, I, S, E, k, True, w.routed_scaling_factor, w.norm_topk_prob)
         moe.router.weight, moe.expert_bias = w.router, w.expert_bias
-        lins = [moe.experts.gate_up, moe.experts.down]
-        if S:
-            lins += [getattr(moe.shared_expert, n) for n in ("gate_proj", "up_proj", "down_proj")]
-        for lin, q in zip(lins, w.qweights()):
+        for lin, q in zip(moe._kernel_linears(), w.qweights()):
             lin.weight, lin.scales, lin.biases = q.weight, q.scales, q.mlx_biases()
         return moe
 
@@ -276,12 +273,19 @@ class MoE(nn.Module):
                      self.num_experts_per_tok, self.routed_scaling_factor, self.norm_topk_prob,
                      self.top_p, self.token_k)
 
+    def _kernel_linears(self) -> list:
+        """The linears the kernels' view is made of, in MoEWeights order. Read through the
+        modules' dicts: called per forward (nn.Module attribute lookup costs ~1 µs each)."""
+        get = dict.get
+        e, sh = get(self, "experts"), get(self, "shared_expert")
+        lins = [get(e, "gate_up"), get(e, "down")]
+        if sh is not None:
+            lins += [get(sh, "gate_proj"), get(sh, "up_proj"), get(sh, "down_proj")]
+        return lins
+
     def kernel_weights(self) -> Union[K.MoEWeights, str]:
         """The kernels' view of this block's arrays, or why there is none."""
-        sh = self.shared_expert
-        qs = [_qweight(self.experts.gate_up), _qweight(self.experts.down)]
-        if sh is not None:
-            qs += [_qweight(sh.gate_proj), _qweight(sh.up_proj), _qweight(sh.down_proj)]
+        qs = [_qweight(lin) for lin in self._kernel_linears()]
         why = [q for q in qs if isinstance(q, str)]
         if why:
             return why[0]
@@ -292,16 +296,11 @@ class MoE(nn.Module):
     def _weights_key(self) -> tuple:
         """What the kernels' view is made of: the identity of each array (the memo keeps
         them alive, so ids are not reused while it holds), each linear's type and
-        quantization settings, and the routing scalars. Called per forward, so it reads the
-        modules' dicts directly (nn.Module attribute lookup costs ~1 µs each)."""
+        quantization settings, and the routing scalars. Cheap: called per forward."""
         get = dict.get
-        e, sh = get(self, "experts"), get(self, "shared_expert")
-        lins = [get(e, "gate_up"), get(e, "down")]
-        if sh is not None:
-            lins += [get(sh, "gate_proj"), get(sh, "up_proj"), get(sh, "down_proj")]
         key = [id(get(get(self, "router"), "weight")), id(get(self, "expert_bias")),
                self.routed_scaling_factor, self.norm_topk_prob]
-        for lin in lins:
+        for lin in self._kernel_linears():
             key += [type(lin), id(get(lin, "weight")), id(get(lin, "scales")),
                     id(get(lin, "biases")), getattr(lin, "bits", None),
                     getattr(lin, "group_size", None), getattr(lin, "mode", None)]
@@ -375,11 +374,10 @@ class MoE(nn.Module):
         opts = opts or INFERENCE
         if opts.dispatch == "fused" and opts.stats:
             raise ValueError("router statistics come from the unfused dispatches")
-        plan = self.plan(x.dtype) if opts.dispatch in ("auto", "fused") and not opts.stats \
-            else None
-        if plan is not None and plan.fused and opts.dispatch == "auto" and \
-                self._plain_is_faster(x.size // x.shape[-1]):
-            plan = None
+        plan = None
+        if opts.dispatch in ("auto", "fused") and not opts.stats:  # auto: the token count too
+            tokens = x.size // x.shape[-1] if opts.dispatch == "auto" else None
+            plan = self.plan(x.dtype, tokens)
         if plan is not None and (plan.fused or opts.dispatch == "fused"):
             out, stats = self._fused(x, plan), None
         else:

@@ -52,11 +52,14 @@ def restart_argv() -> list[str] | None:
     return list(argv) if argv else None
 
 
-def fast_blas(stream=None) -> None:
-    """For a command run from the shell, first thing after parsing its arguments: on the
-    wheel's reference BLAS, restart the command with the system OpenBLAS preloaded (a note
-    on `stream` says so), or print OPENBLAS_HINT when none is installed. Never from library
-    code or tests: it replaces the process."""
+def fast_blas(argv=None, stream=None) -> None:
+    """A command's `main(argv)` calls this first thing after parsing its arguments, passing
+    the argv it was given. Run from the shell (argv None) on the wheel's reference BLAS, the
+    command restarts with the system OpenBLAS preloaded (a note on `stream` says so), or
+    prints OPENBLAS_HINT when none is installed. Given an argv (library code, tests), it does
+    nothing: a restart replaces the process."""
+    if argv is not None:
+        return
     stream = stream or sys.stderr
     choice = os.environ.get(ENV, "")
     if choice == "reference" or not slow_blas():

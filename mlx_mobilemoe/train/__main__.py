@@ -66,9 +66,8 @@ def main(argv=None) -> int:
     if a.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    if argv is None:  # the shell's command line: may restart with a faster BLAS
-        from ..runtime import fast_blas
-        fast_blas()
+    from ..runtime import fast_blas
+    fast_blas(argv)  # from the shell: may restart with a faster BLAS
 
     from . import run
     from ..checkpoint import CheckpointError
